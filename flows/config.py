@@ -1,0 +1,55 @@
+"""One settings object, read once from the environment (prefix COLLECTFLOW_) or `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Where Collectflow keeps its data and how it sends mail.
+
+    Without an SMTP host, messages are written to a Maildir (`outbox`) that any mail client
+    opens. The SMTP password is a SecretStr: never printed, never logged.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="COLLECTFLOW_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///collectflow.db"
+    policy: Path = PROJECT_ROOT / "policy.yaml"
+    templates: Path = PROJECT_ROOT / "templates"
+    outbox: Path = Path("outbox")
+    timezone: str = "UTC"
+
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_timeout: float = 30.0
+    smtp_concurrency: int = 4
+
+    smtp_from: str = "Accounts Receivable <billing@example.com>"
+    reply_to: str | None = None
+    unsubscribe_mailto: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA timezone {value!r}") from exc
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests call `get_settings.cache_clear()` after monkeypatching)."""
+    return Settings()

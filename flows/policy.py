@@ -1,0 +1,250 @@
+"""The collections policy: segments, ladders, escalation, attribution. Validated data, not code.
+
+A bad policy is refused at load with the path of the bad key. Segment conditions are
+structured (`{on_time_ratio: {gte: 0.9}}`, combinable with `all`, `any`, `not`) and compile to
+SQL over the `customer_features` table, so segmentation stays set-based.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import Table, and_, not_, or_, true
+from sqlalchemy.sql.expression import ColumnElement
+
+from flows.errors import PolicyError
+
+FEATURES: dict[str, str] = {
+    "invoices_issued": "invoices issued in the trailing window (count)",
+    "invoices_paid": "of those, invoices fully paid by the as-of date (count)",
+    "on_time_ratio": "paid invoices paid on or before their due date / paid invoices (0-1; "
+    "empty when nothing was paid yet)",
+    "avg_days_late": "mean days past due at payment over paid invoices (days, 0 when on time)",
+    "open_balance": "money owed on all open invoices (currency units, summed as numbers)",
+    "overdue_balance": "money owed on invoices past their due date (currency units)",
+    "open_invoices": "invoices with money owed (count)",
+    "oldest_overdue_days": "days since the due date of the oldest overdue invoice (days, 0 none)",
+    "failed_payments_30d": "failed payment attempts in the last failed_payment_days (count)",
+    "disputes": "invoices currently disputed (count)",
+    "tenure_days": "days since the customer's first invoice (days)",
+}
+OPERATORS = ("gte", "gt", "lte", "lt", "eq", "ne")
+STEPS = ("operator_queue", "account_manager")
+
+NonNegative = Annotated[int, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Stage(_Strict):
+    """One rung of a ladder: sent `offset_days` after the due date (negative: before)."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    offset_days: int
+    template: str = Field(pattern=r"^[a-z0-9_]+$")
+
+
+class Escalation(_Strict):
+    """What happens when the last stage is `grace_days` old and money is still owed."""
+
+    grace_days: NonNegative = 7
+    steps: list[Literal["operator_queue", "account_manager"]] = ["operator_queue"]
+
+
+class Ladder(_Strict):
+    """Stages in order, at least `min_gap_days` apart even when catching up."""
+
+    min_gap_days: Annotated[int, Field(ge=1)] = 3
+    stages: Annotated[list[Stage], Field(min_length=1)]
+    escalation: Escalation = Escalation()
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Ladder:
+        offsets = [stage.offset_days for stage in self.stages]
+        if offsets != sorted(set(offsets)):
+            raise ValueError("stage offsets must be strictly increasing")
+        names = [stage.name for stage in self.stages]
+        if len(names) != len(set(names)):
+            raise ValueError("stage names must be unique within a ladder")
+        return self
+
+
+class Segment(_Strict):
+    """A named rule over behaviour features; the first segment whose rule matches wins."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    description: str = ""
+    when: dict[str, Any] = Field(default_factory=dict)
+    ladder: str
+
+    @field_validator("when")
+    @classmethod
+    def _valid_condition(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_condition(value, "when")
+        return value
+
+
+class FeatureWindow(_Strict):
+    """How far back behaviour is measured."""
+
+    window_days: Annotated[int, Field(ge=1)] = 365
+    failed_payment_days: Annotated[int, Field(ge=1)] = 30
+
+
+class Sender(_Strict):
+    """The named person who signs reminders (named reminders get paid more often)."""
+
+    name: str = "Accounts Receivable"
+    title: str = ""
+    company: str = "Example Ltd"
+    payment_url: str = "https://pay.example.com/{invoice_id}"
+
+
+class Policy(_Strict):
+    """The whole policy file."""
+
+    version: Literal[1] = 1
+    features: FeatureWindow = FeatureWindow()
+    segments: Annotated[list[Segment], Field(min_length=1)]
+    ladders: dict[str, Ladder]
+    attribution_window_days: Annotated[int, Field(ge=1)] = 14
+    sender: Sender = Sender()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        names = [segment.name for segment in self.segments]
+        if len(names) != len(set(names)):
+            raise ValueError("segment names must be unique")
+        for index, segment in enumerate(self.segments):
+            if segment.ladder not in self.ladders:
+                raise ValueError(
+                    f"segments.{index}.ladder: {segment.ladder!r} is not one of the ladders "
+                    f"({', '.join(sorted(self.ladders))})"
+                )
+        if self.segments[-1].when:
+            raise ValueError(
+                "the last segment must have an empty `when` (a catch-all), so every customer "
+                "lands in a segment"
+            )
+        return self
+
+    def segment(self, name: str) -> Segment:
+        return next(segment for segment in self.segments if segment.name == name)
+
+    def templates(self) -> set[str]:
+        """Every template a ladder names (checked against templates/ at startup)."""
+        return {stage.template for ladder in self.ladders.values() for stage in ladder.stages}
+
+
+def check_condition(condition: Any, path: str) -> None:
+    """Raise ValueError naming `path` if `condition` is not a valid structured condition."""
+    if not isinstance(condition, dict):
+        raise ValueError(f"{path}: expected a mapping, got {type(condition).__name__}")
+    for key, value in condition.items():
+        here = f"{path}.{key}"
+        if key in ("all", "any"):
+            if not isinstance(value, list) or not value:
+                raise ValueError(f"{here}: expected a non-empty list of conditions")
+            for index, item in enumerate(value):
+                check_condition(item, f"{here}[{index}]")
+        elif key == "not":
+            check_condition(value, here)
+        elif key in FEATURES:
+            if not isinstance(value, dict) or not value:
+                raise ValueError(f"{here}: expected operators such as {{gte: 0.9}}")
+            for op, operand in value.items():
+                if op not in OPERATORS:
+                    raise ValueError(f"{here}.{op}: unknown operator (use {', '.join(OPERATORS)})")
+                if isinstance(operand, bool) or not isinstance(operand, int | float):
+                    raise ValueError(f"{here}.{op}: expected a number, got {operand!r}")
+        else:
+            raise ValueError(
+                f"{here}: unknown feature or combinator (features: {', '.join(FEATURES)}; "
+                "combinators: all, any, not)"
+            )
+
+
+def condition_sql(condition: dict[str, Any], features: Table) -> ColumnElement[bool]:
+    """Compile a validated condition to a SQL boolean over the features table."""
+    clauses: list[ColumnElement[bool]] = []
+    for key, value in condition.items():
+        if key == "all":
+            clauses.append(and_(*(condition_sql(item, features) for item in value)))
+        elif key == "any":
+            clauses.append(or_(*(condition_sql(item, features) for item in value)))
+        elif key == "not":
+            clauses.append(not_(condition_sql(value, features)))
+        else:
+            column = features.c[key]
+            clauses.extend(_compare(column, op, operand) for op, operand in value.items())
+    return and_(true(), *clauses)
+
+
+def _compare(column: Any, op: str, operand: float) -> ColumnElement[bool]:
+    if column.key in ("open_balance", "overdue_balance"):
+        operand = _money_operand(operand)
+    return {
+        "gte": column >= operand,
+        "gt": column > operand,
+        "lte": column <= operand,
+        "lt": column < operand,
+        "eq": column == operand,
+        "ne": column != operand,
+    }[op]
+
+
+def _money_operand(operand: float) -> Decimal:
+    return Decimal(str(operand))
+
+
+def condition_matches(condition: dict[str, Any], values: dict[str, Any]) -> bool:
+    """Evaluate a condition in Python (for explaining one customer), SQL NULL semantics."""
+    for key, value in condition.items():
+        if key == "all" and not all(condition_matches(item, values) for item in value):
+            return False
+        if key == "any" and not any(condition_matches(item, values) for item in value):
+            return False
+        if key == "not" and condition_matches(value, values):
+            return False
+        if key in FEATURES and not _python_compare(values.get(key), value):
+            return False
+    return True
+
+
+def _python_compare(actual: Any, ops: dict[str, float]) -> bool:
+    if actual is None:
+        return False
+    checks = {
+        "gte": lambda a, b: a >= b,
+        "gt": lambda a, b: a > b,
+        "lte": lambda a, b: a <= b,
+        "lt": lambda a, b: a < b,
+        "eq": lambda a, b: a == b,
+        "ne": lambda a, b: a != b,
+    }
+    return all(checks[op](float(actual), float(operand)) for op, operand in ops.items())
+
+
+def load_policy(path: Path | str) -> Policy:
+    """Read and validate a policy file; PolicyError names the file and the bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise PolicyError(f"{path}: policy file not found") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            problems.append(f"{path}: {where}: {error['msg']}")
+        raise PolicyError("invalid policy:\n" + "\n".join(problems)) from exc

@@ -1,0 +1,42 @@
+"""Collectflow's tables and database engine. Imports nothing from `flows`."""
+
+from models.db import drop_db, init_db, make_engine
+from models.money import Money, MoneyPrecisionError
+from models.sql import days_between
+from models.tables import (
+    Case,
+    CaseEvent,
+    Customer,
+    CustomerFeatures,
+    Invoice,
+    InvoiceBalance,
+    LadderStage,
+    Message,
+    MessageItem,
+    Outcome,
+    Payment,
+    QueueItem,
+    SegmentChange,
+)
+
+__all__ = [
+    "Case",
+    "CaseEvent",
+    "Customer",
+    "CustomerFeatures",
+    "Invoice",
+    "InvoiceBalance",
+    "LadderStage",
+    "Message",
+    "MessageItem",
+    "Money",
+    "MoneyPrecisionError",
+    "Outcome",
+    "Payment",
+    "QueueItem",
+    "SegmentChange",
+    "days_between",
+    "drop_db",
+    "init_db",
+    "make_engine",
+]

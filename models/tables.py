@@ -1,0 +1,260 @@
+"""The ledger, the cases and the outbox, as tables.
+
+External ids from the CSV contract are the primary keys of the ledger tables, so an import is
+a plain upsert and the steps join on the ids the user knows. Money columns use `Money` (exact,
+see models/money.py). Dates the business reasons about (due, attempted, planned, sent) are
+stored as `date` in the business timezone next to any instant, so set-based SQL can compare
+them without per-dialect timezone arithmetic.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from models.money import Money
+
+OPEN_CASE = text("closed_on IS NULL")
+
+
+def money_column(nullable: bool = False) -> Column:
+    return Column(Money, nullable=nullable)
+
+
+def instant_column(nullable: bool = True) -> Column:
+    return Column(DateTime(timezone=True), nullable=nullable)
+
+
+class Customer(SQLModel, table=True):
+    """A customer of the user's business, as imported from customers.csv."""
+
+    __tablename__ = "customers"
+
+    customer_id: str = Field(primary_key=True, max_length=64)
+    name: str
+    email: str
+    locale: str = "en"
+    timezone: str = "UTC"
+    country: str | None = Field(default=None, max_length=2)
+    account_manager_email: str | None = None
+    do_not_contact: bool = False
+    autopay: bool = False
+    segment: str | None = Field(default=None, description="current segment, set by assess")
+    segment_rule: str | None = None
+    segment_since: date | None = None
+
+
+class Invoice(SQLModel, table=True):
+    """An invoice; what is owed is derived from its payments (see flows/balances.py)."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (Index("ix_invoices_customer_due", "customer_id", "due_on"),)
+
+    invoice_id: str = Field(primary_key=True, max_length=64)
+    customer_id: str = Field(foreign_key="customers.customer_id", max_length=64)
+    number: str | None = None
+    issued_on: date
+    due_on: date = Field(index=True)
+    amount: Decimal = Field(sa_column=money_column())
+    currency: str = Field(max_length=3)
+    status: str = Field(default="open", max_length=16, description="open|paid|void|disputed")
+
+
+class Payment(SQLModel, table=True):
+    """A payment attempt on an invoice: succeeded, failed or refunded."""
+
+    __tablename__ = "payments"
+    __table_args__ = (Index("ix_payments_invoice_status", "invoice_id", "status"),)
+
+    payment_id: str = Field(primary_key=True, max_length=64)
+    invoice_id: str = Field(foreign_key="invoices.invoice_id", max_length=64)
+    attempted_at: datetime = Field(sa_column=instant_column(nullable=False))
+    attempted_on: date = Field(index=True, description="attempted_at's date, business timezone")
+    amount: Decimal = Field(sa_column=money_column())
+    status: str = Field(max_length=16, description="succeeded|failed|refunded")
+    failure_code: str | None = None
+    gateway: str | None = None
+    method: str | None = None
+
+
+class InvoiceBalance(SQLModel, table=True):
+    """Invoices with money still owed as of the last run's date (rebuilt by every run)."""
+
+    __tablename__ = "invoice_balances"
+    __table_args__ = (Index("ix_balances_customer", "customer_id", "due_on"),)
+
+    invoice_id: str = Field(primary_key=True, max_length=64)
+    customer_id: str = Field(max_length=64)
+    as_of: date
+    due_on: date
+    currency: str = Field(max_length=3)
+    owed: Decimal = Field(sa_column=money_column())
+    remindable: bool = Field(description="owed and not disputed: reminders may ask for it")
+
+
+class CustomerFeatures(SQLModel, table=True):
+    """Behaviour features of a customer as of a date, computed set-based by assess."""
+
+    __tablename__ = "customer_features"
+
+    customer_id: str = Field(primary_key=True, max_length=64)
+    as_of: date
+    invoices_issued: int = 0
+    invoices_paid: int = 0
+    on_time_ratio: float | None = None
+    avg_days_late: float | None = None
+    open_balance: Decimal = Field(sa_column=money_column())
+    overdue_balance: Decimal = Field(sa_column=money_column())
+    open_invoices: int = 0
+    oldest_overdue_days: int = 0
+    failed_payments_30d: int = 0
+    disputes: int = 0
+    tenure_days: int = 0
+
+
+class SegmentChange(SQLModel, table=True):
+    """History of segment moves: one row each time a customer's segment changes."""
+
+    __tablename__ = "segment_history"
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(index=True, max_length=64)
+    as_of: date
+    segment: str
+    rule: str
+    previous: str | None = None
+
+
+class Case(SQLModel, table=True):
+    """A collection case: one customer's episode of money due, from first reminder to close."""
+
+    __tablename__ = "cases"
+    __table_args__ = (
+        Index(
+            "uq_cases_one_open_per_customer",
+            "customer_id",
+            unique=True,
+            sqlite_where=OPEN_CASE,
+            postgresql_where=OPEN_CASE,
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(foreign_key="customers.customer_id", max_length=64)
+    status: str = Field(default="open", max_length=16, description="open|escalated|resolved")
+    segment: str
+    ladder: str
+    stage_index: int = Field(default=-1, description="index of the last stage done, -1 none")
+    stage: str | None = None
+    last_stage_on: date | None = None
+    opened_on: date
+    escalated_on: date | None = None
+    closed_on: date | None = None
+
+
+class Message(SQLModel, table=True):
+    """The outbox: one row per message, from planned to sent, failed or suppressed."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_status_planned", "status", "planned_on"),
+        Index("ix_messages_case", "case_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=128, description="idempotency key")
+    case_id: int = Field(foreign_key="cases.id")
+    customer_id: str = Field(max_length=64)
+    kind: str = Field(default="reminder", max_length=16, description="reminder|internal")
+    stage: str
+    stage_index: int
+    template: str
+    locale: str = "en"
+    to_address: str
+    planned_on: date
+    status: str = Field(default="planned", max_length=16)
+    status_reason: str | None = None
+    subject: str | None = None
+    body_text: str | None = Field(default=None, sa_type=Text)
+    body_html: str | None = Field(default=None, sa_type=Text)
+    message_id_header: str | None = None
+    rendered_at: datetime | None = Field(default=None, sa_column=instant_column())
+    sent_at: datetime | None = Field(default=None, sa_column=instant_column())
+    sent_on: date | None = None
+    attempts: int = 0
+    last_error: str | None = None
+
+
+class MessageItem(SQLModel, table=True):
+    """An invoice a message asks for, with what was owed on it when planned."""
+
+    __tablename__ = "message_items"
+
+    message_id: int = Field(foreign_key="messages.id", primary_key=True)
+    invoice_id: str = Field(foreign_key="invoices.invoice_id", primary_key=True, max_length=64)
+    currency: str = Field(max_length=3)
+    owed: Decimal = Field(sa_column=money_column())
+    recovered: Decimal = Field(sa_column=Column(Money, nullable=False, server_default="0"))
+    last_paid_on: date | None = None
+
+
+class Outcome(SQLModel, table=True):
+    """What followed a sent message: paid, partial, or no response once its window closed."""
+
+    __tablename__ = "outcomes"
+
+    message_id: int = Field(foreign_key="messages.id", primary_key=True)
+    outcome: str = Field(max_length=16, description="paid|partial|no_response")
+    first_paid_on: date | None = None
+    days_to_pay: int | None = None
+    decided_on: date
+
+
+class CaseEvent(SQLModel, table=True):
+    """The audit log: what happened to a case, when, by whom and why."""
+
+    __tablename__ = "case_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="cases.id", index=True)
+    at: datetime = Field(sa_column=instant_column(nullable=False))
+    on: date
+    kind: str = Field(max_length=32)
+    actor: str = Field(default="system", max_length=64)
+    detail: str | None = Field(default=None, sa_type=Text)
+
+
+class QueueItem(SQLModel, table=True):
+    """A case that needs a person, with the reason."""
+
+    __tablename__ = "queue_items"
+    __table_args__ = (
+        UniqueConstraint("case_id", "reason", name="uq_queue_case_reason"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="cases.id")
+    customer_id: str = Field(max_length=64)
+    reason: str = Field(max_length=32)
+    detail: str | None = None
+    created_on: date
+    resolved_on: date | None = None
+    claimed_by: str | None = None
+
+
+class LadderStage(SQLModel, table=True):
+    """The policy's ladders and segments, flattened so set-based SQL can join on them."""
+
+    __tablename__ = "ladder_stages"
+
+    ladder: str = Field(primary_key=True, max_length=64)
+    stage_index: int = Field(primary_key=True)
+    stage: str
+    offset_days: int
+    template: str
+    min_gap_days: int
+    is_last: bool
+    grace_days: int

@@ -1,0 +1,91 @@
+"""Shared fixtures: a real database (SQLite always, PostgreSQL when reachable), settings, and
+one Prefect test harness per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from flows.config import PROJECT_ROOT, Settings, get_settings
+from flows.policy import Policy, load_policy
+from models import drop_db, init_db, make_engine
+
+PG_URL = os.environ.get(
+    "COLLECTFLOW_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _postgres_unreachable() -> str | None:
+    """Why PostgreSQL can't be used, or None when it can."""
+    try:
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 2})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # any failure to connect means: skip, and say why
+        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+PG_SKIP_REASON = _postgres_unreachable()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server for the whole session (it takes seconds to start)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    with (
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        prefect_test_harness(server_startup_timeout=60),
+    ):
+        yield
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL to an empty Collectflow database, on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'collectflow.db'}"
+    if PG_SKIP_REASON:
+        pytest.skip(PG_SKIP_REASON)
+    return PG_URL
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on a freshly created schema."""
+    engine = make_engine(database_url)
+    drop_db(engine)
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """Settings pointing at the test database and a temporary Maildir; no SMTP host."""
+    monkeypatch.setenv("COLLECTFLOW_DATABASE_URL", database_url)
+    monkeypatch.setenv("COLLECTFLOW_OUTBOX", str(tmp_path / "outbox"))
+    monkeypatch.setenv("COLLECTFLOW_POLICY", str(PROJECT_ROOT / "policy.yaml"))
+    monkeypatch.delenv("COLLECTFLOW_SMTP_HOST", raising=False)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def policy() -> Policy:
+    """The shipped default policy."""
+    return load_policy(PROJECT_ROOT / "policy.yaml")
