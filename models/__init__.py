@@ -2,7 +2,7 @@
 
 from models.db import drop_db, init_db, make_engine
 from models.money import Money, MoneyPrecisionError
-from models.sql import days_between
+from models.sql import days_between, insert_ignoring_conflicts
 from models.tables import (
     Case,
     CaseEvent,
@@ -15,6 +15,7 @@ from models.tables import (
     MessageItem,
     Outcome,
     Payment,
+    PaymentAttribution,
     QueueItem,
     SegmentChange,
 )
@@ -33,10 +34,12 @@ __all__ = [
     "MoneyPrecisionError",
     "Outcome",
     "Payment",
+    "PaymentAttribution",
     "QueueItem",
     "SegmentChange",
     "days_between",
     "drop_db",
     "init_db",
+    "insert_ignoring_conflicts",
     "make_engine",
 ]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer
+from sqlalchemy import Integer, Select, Table, true
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 
-class days_between(FunctionElement[int]):  # noqa: N801 - reads like the SQL function it is
+class days_between(FunctionElement[int]):
     """Whole days from the second date to the first (`later - earlier`), as an integer."""
 
     type = Integer()
@@ -30,3 +31,22 @@ def _days_between_sqlite(element: days_between, compiler: Any, **kw: Any) -> str
 def _days_between_postgresql(element: days_between, compiler: Any, **kw: Any) -> str:
     later, earlier = (compiler.process(arg, **kw) for arg in element.clauses)
     return f"(CAST({later} AS DATE) - CAST({earlier} AS DATE))"
+
+
+def insert_ignoring_conflicts(
+    dialect_name: str,
+    table: Table,
+    index_elements: list[str],
+    columns: list[str],
+    source: Select[Any],
+) -> Any:
+    """`INSERT INTO table (columns) SELECT ... ON CONFLICT (index_elements) DO NOTHING`.
+
+    SQLite needs a WHERE in such a SELECT to parse the upsert clause, so one is always added.
+    """
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return (
+        dialect.insert(table)
+        .from_select(columns, source.where(true()))
+        .on_conflict_do_nothing(index_elements=index_elements)
+    )

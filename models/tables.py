@@ -231,9 +231,7 @@ class QueueItem(SQLModel, table=True):
     """A case that needs a person, with the reason."""
 
     __tablename__ = "queue_items"
-    __table_args__ = (
-        UniqueConstraint("case_id", "reason", name="uq_queue_case_reason"),
-    )
+    __table_args__ = (UniqueConstraint("case_id", "reason", name="uq_queue_case_reason"),)
 
     id: int | None = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="cases.id")
@@ -258,3 +256,16 @@ class LadderStage(SQLModel, table=True):
     min_gap_days: int
     is_last: bool
     grace_days: int
+
+
+class PaymentAttribution(SQLModel, table=True):
+    """Which sent message each succeeded payment is credited to (last touch), rebuilt per run."""
+
+    __tablename__ = "payment_attributions"
+    __table_args__ = (Index("ix_attributions_message", "message_id", "invoice_id"),)
+
+    payment_id: str = Field(primary_key=True, max_length=64)
+    message_id: int = Field(foreign_key="messages.id")
+    invoice_id: str = Field(max_length=64)
+    amount: Decimal = Field(sa_column=money_column())
+    paid_on: date

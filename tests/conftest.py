@@ -32,6 +32,26 @@ def _postgres_unreachable() -> str | None:
 
 
 PG_SKIP_REASON = _postgres_unreachable()
+PG_SCHEMA = f"collectflow_test_{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A URL whose connections work in a schema of this test session's own.
+
+    Several test sessions (developers, CI) may share one PostgreSQL database; each works in its
+    own schema, dropped at the end, so they never drop each other's tables.
+    """
+    if PG_SKIP_REASON:
+        pytest.skip(PG_SKIP_REASON)
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{PG_SCHEMA}"'))
+    separator = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{separator}options=-csearch_path%3D{PG_SCHEMA}"
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{PG_SCHEMA}" CASCADE'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,9 +76,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A URL to an empty Collectflow database, on each backend."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'collectflow.db'}"
-    if PG_SKIP_REASON:
-        pytest.skip(PG_SKIP_REASON)
-    return PG_URL
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

@@ -1,0 +1,99 @@
+"""Read-only views for operators: the operator queue and one case's story."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from flows.errors import CollectflowError
+from models import Case, CaseEvent, Customer, Invoice, Message, Payment, QueueItem, days_between
+
+CASES = Case.__table__
+CUSTOMERS = Customer.__table__
+EVENTS = CaseEvent.__table__
+INVOICES = Invoice.__table__
+MESSAGES = Message.__table__
+PAYMENTS = Payment.__table__
+QUEUE = QueueItem.__table__
+
+
+class UnknownCase(CollectflowError):
+    """Raised when a case id does not exist."""
+
+
+def operator_queue(conn: Connection, as_of: date) -> list[dict[str, Any]]:
+    """Open queue items, oldest first, with the reason and their age in days."""
+    rows = conn.execute(
+        select(
+            QUEUE.c.id,
+            QUEUE.c.case_id,
+            QUEUE.c.customer_id,
+            CUSTOMERS.c.name,
+            QUEUE.c.reason,
+            QUEUE.c.created_on,
+            days_between(as_of, QUEUE.c.created_on).label("age_days"),
+            QUEUE.c.claimed_by,
+            CASES.c.status.label("case_status"),
+        )
+        .select_from(
+            QUEUE.join(CASES, CASES.c.id == QUEUE.c.case_id).join(
+                CUSTOMERS, CUSTOMERS.c.customer_id == QUEUE.c.customer_id
+            )
+        )
+        .where(QUEUE.c.resolved_on.is_(None), CASES.c.closed_on.is_(None))
+        .order_by(QUEUE.c.created_on, QUEUE.c.id)
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
+def case_story(conn: Connection, case_id: int) -> dict[str, Any]:
+    """A case with its customer, invoices, payments, messages and events."""
+    case = conn.execute(select(CASES).where(CASES.c.id == case_id)).mappings().first()
+    if case is None:
+        raise UnknownCase(f"no case with id {case_id} (see `collectflow queue`)")
+    customer_id = case["customer_id"]
+    customer = (
+        conn.execute(select(CUSTOMERS).where(CUSTOMERS.c.customer_id == customer_id))
+        .mappings()
+        .one()
+    )
+    invoices = conn.execute(
+        select(INVOICES).where(INVOICES.c.customer_id == customer_id).order_by(INVOICES.c.due_on)
+    ).mappings()
+    payments = conn.execute(
+        select(PAYMENTS)
+        .join(INVOICES, INVOICES.c.invoice_id == PAYMENTS.c.invoice_id)
+        .where(INVOICES.c.customer_id == customer_id)
+        .order_by(PAYMENTS.c.attempted_at)
+    ).mappings()
+    messages = conn.execute(
+        select(
+            MESSAGES.c.id,
+            MESSAGES.c.kind,
+            MESSAGES.c.stage,
+            MESSAGES.c.template,
+            MESSAGES.c.to_address,
+            MESSAGES.c.planned_on,
+            MESSAGES.c.status,
+            MESSAGES.c.status_reason,
+            MESSAGES.c.sent_on,
+            MESSAGES.c.subject,
+        )
+        .where(MESSAGES.c.case_id == case_id)
+        .order_by(MESSAGES.c.id)
+    ).mappings()
+    events = conn.execute(
+        select(EVENTS.c.on, EVENTS.c.kind, EVENTS.c.actor, EVENTS.c.detail)
+        .where(EVENTS.c.case_id == case_id)
+        .order_by(EVENTS.c.id)
+    ).mappings()
+    return {
+        "case": dict(case),
+        "customer": dict(customer),
+        "invoices": [dict(row) for row in invoices],
+        "payments": [dict(row) for row in payments],
+        "messages": [dict(row) for row in messages],
+        "events": [dict(row) for row in events],
+    }

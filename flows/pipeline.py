@@ -1,0 +1,161 @@
+"""One business day of collections, step by step, as plain functions over a run context.
+
+The daily Prefect flow and the catch-up range flow both run `run_day`; the daily flow wraps
+each step in a Prefect task (visible in the UI), the range flow runs a whole day as one task
+so that replaying a year stays well under Prefect's comfortable task-run volume.
+
+A dry run does everything but deliver inside one database transaction that is rolled back at
+the end: it decides and renders for real, and stores nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine, func, select
+
+from flows.assess import AssessReport, assess
+from flows.config import Settings
+from flows.deliver import DeliveryReport, deliver_due
+from flows.escalate import EscalationReport, escalate
+from flows.outcomes import OutcomeReport, record_outcomes
+from flows.plan import PlanReport, plan
+from flows.policy import Policy, load_policy
+from flows.render import TemplateCatalog, load_catalog, render_planned
+from flows.summary import DaySummary, summarize_day
+from models import Message, init_db, make_engine
+
+T = TypeVar("T")
+Call = Callable[..., Any]
+MESSAGES = Message.__table__
+
+
+@dataclass
+class RunContext:
+    """What every step needs: settings, policy, templates, the database, dry-run or not."""
+
+    settings: Settings
+    policy: Policy
+    catalog: TemplateCatalog
+    engine: Engine
+    dry_run: bool = False
+    shared: Connection | None = field(default=None, repr=False)
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A connection for one step: its own transaction, or the dry run's shared one."""
+        if self.shared is not None:
+            yield self.shared
+            return
+        with self.engine.begin() as conn:
+            yield conn
+
+
+@contextmanager
+def open_run(settings: Settings, dry_run: bool = False) -> Iterator[RunContext]:
+    """Load policy and templates, connect, and for a dry run hold one transaction to discard."""
+    policy = load_policy(settings.policy)
+    catalog = load_catalog(settings.templates, policy)  # a broken template fails here
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    try:
+        if not dry_run:
+            yield RunContext(settings, policy, catalog, engine)
+            return
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                yield RunContext(settings, policy, catalog, engine, dry_run=True, shared=conn)
+            finally:
+                transaction.rollback()
+    finally:
+        engine.dispose()
+
+
+def business_today(settings: Settings) -> date:
+    """Today in the business timezone: the default as-of date."""
+    return datetime.now(ZoneInfo(settings.timezone)).date()
+
+
+def direct(step: Callable[..., T], *args: Any) -> T:
+    """Run a step as a plain function call."""
+    return step(*args)
+
+
+def run_day(
+    ctx: RunContext, as_of: date, skip_delivery: bool = False, call: Call = direct
+) -> DaySummary:
+    """The daily run of DESIGN.md, top to bottom, for one business date."""
+    first_new_id = call(next_message_id, ctx)
+    assessed = call(assess_step, ctx, as_of)
+    planned = call(plan_step, ctx, as_of)
+    escalated = call(escalate_step, ctx, as_of)
+    rendered = call(render_step, ctx, as_of)
+    delivered = None
+    if not (ctx.dry_run or skip_delivery):
+        delivered = call(deliver_step, ctx, as_of)
+    outcomes = call(outcomes_step, ctx, as_of)
+    return call(
+        summary_step,
+        ctx,
+        as_of,
+        first_new_id,
+        assessed,
+        planned,
+        escalated,
+        rendered,
+        delivered,
+        outcomes,
+    )
+
+
+def next_message_id(ctx: RunContext) -> int:
+    """The id the next planned message will have: what this run plans is at or above it."""
+    with ctx.connection() as conn:
+        return conn.execute(select(func.coalesce(func.max(MESSAGES.c.id), 0))).scalar_one() + 1
+
+
+def assess_step(ctx: RunContext, as_of: date) -> AssessReport:
+    """Balances, behaviour features and segments as of the date."""
+    with ctx.connection() as conn:
+        return assess(conn, ctx.policy, as_of)
+
+
+def plan_step(ctx: RunContext, as_of: date) -> PlanReport:
+    """Open and close cases; plan the stage due for each open case."""
+    with ctx.connection() as conn:
+        return plan(conn, ctx.policy, as_of)
+
+
+def escalate_step(ctx: RunContext, as_of: date) -> EscalationReport:
+    """Escalate cases past their ladder; queue disputes."""
+    with ctx.connection() as conn:
+        return escalate(conn, ctx.policy, as_of)
+
+
+def render_step(ctx: RunContext, as_of: date) -> int:
+    """Render every planned message not rendered yet."""
+    with ctx.connection() as conn:
+        return render_planned(conn, ctx.catalog, ctx.policy, as_of)
+
+
+def deliver_step(ctx: RunContext, as_of: date) -> DeliveryReport:
+    """Send what is rendered and due (never in a dry run)."""
+    return deliver_due(ctx.engine, ctx.settings, as_of)
+
+
+def outcomes_step(ctx: RunContext, as_of: date) -> OutcomeReport:
+    """Credit payments to messages and decide outcomes."""
+    with ctx.connection() as conn:
+        return record_outcomes(conn, as_of, ctx.policy.attribution_window_days)
+
+
+def summary_step(ctx: RunContext, as_of: date, first_new_id: int, *reports: Any) -> DaySummary:
+    """Count what this run did, from the database and the steps' reports."""
+    with ctx.connection() as conn:
+        return summarize_day(conn, as_of, ctx.dry_run, first_new_id, *reports)
