@@ -1,0 +1,596 @@
+"""Delivery: what reaches the customer's mailbox, and what must not."""
+
+from __future__ import annotations
+
+import mailbox
+import threading
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from flows.config import Settings, get_settings
+from flows.deliver import MAX_ATTEMPTS, deliver_due
+from flows.mail import build_email, message_id_for
+from models import Case, Customer, Invoice, Message, MessageItem, Payment
+from tests.smtp_server import SmtpServer, free_port
+
+AS_OF = date(2025, 3, 10)
+FRENCH_AMOUNT = "1\u202f234,56\xa0€"  # what babel's format_currency gives for fr_FR
+
+CUSTOMERS = Customer.__table__
+INVOICES = Invoice.__table__
+PAYMENTS = Payment.__table__
+CASES = Case.__table__
+MESSAGES = Message.__table__
+ITEMS = MessageItem.__table__
+
+
+# --- a small ledger, built with Core -------------------------------------------------------
+
+
+def add_customer(
+    conn: Connection,
+    customer_id: str = "C1",
+    name: str = "Ada Lovelace",
+    email: str = "ada@example.org",
+    locale: str = "en",
+    do_not_contact: bool = False,
+) -> str:
+    conn.execute(
+        insert(CUSTOMERS).values(
+            customer_id=customer_id,
+            name=name,
+            email=email,
+            locale=locale,
+            do_not_contact=do_not_contact,
+        )
+    )
+    return customer_id
+
+
+def add_invoice(
+    conn: Connection,
+    customer_id: str,
+    invoice_id: str = "INV-1",
+    amount: Decimal = Decimal("1234.56"),
+    status: str = "open",
+) -> str:
+    conn.execute(
+        insert(INVOICES).values(
+            invoice_id=invoice_id,
+            customer_id=customer_id,
+            issued_on=date(2025, 1, 10),
+            due_on=date(2025, 2, 10),
+            amount=amount,
+            currency="EUR",
+            status=status,
+        )
+    )
+    return invoice_id
+
+
+def add_payment(
+    conn: Connection,
+    invoice_id: str,
+    amount: Decimal,
+    on: date,
+    status: str = "succeeded",
+    payment_id: str = "PAY-1",
+) -> None:
+    conn.execute(
+        insert(PAYMENTS).values(
+            payment_id=payment_id,
+            invoice_id=invoice_id,
+            attempted_at=datetime(on.year, on.month, on.day, 9, tzinfo=UTC),
+            attempted_on=on,
+            amount=amount,
+            status=status,
+        )
+    )
+
+
+def add_case(conn: Connection, customer_id: str) -> int:
+    return conn.execute(
+        insert(CASES)
+        .values(customer_id=customer_id, segment="standard", ladder="standard", opened_on=AS_OF)
+        .returning(CASES.c.id)
+    ).scalar_one()
+
+
+def add_message(
+    conn: Connection,
+    case_id: int,
+    customer_id: str,
+    invoice_ids: list[str],
+    stage_index: int = 0,
+    to_address: str = "ada@example.org",
+    kind: str = "reminder",
+    subject: str | None = "Invoice INV-1 is overdue",
+    body_text: str = "Hello, 1,234.56 EUR is due.",
+    body_html: str = "<p>Hello, <b>1,234.56 EUR</b> is due.</p>",
+    planned_on: date = AS_OF,
+    attempts: int = 0,
+) -> int:
+    """A rendered message, planned for `planned_on`, asking for `invoice_ids`."""
+    message_id = conn.execute(
+        insert(MESSAGES)
+        .values(
+            key=f"{case_id}:{kind}:{stage_index}",
+            case_id=case_id,
+            customer_id=customer_id,
+            kind=kind,
+            stage=f"stage_{stage_index}",
+            stage_index=stage_index,
+            template=f"stage_{stage_index}",
+            to_address=to_address,
+            planned_on=planned_on,
+            subject=subject,
+            body_text=body_text,
+            body_html=body_html,
+            rendered_at=datetime(2025, 3, 10, 6, tzinfo=UTC),
+            attempts=attempts,
+        )
+        .returning(MESSAGES.c.id)
+    ).scalar_one()
+    for invoice_id in invoice_ids:
+        owed = conn.execute(
+            select(INVOICES.c.amount).where(INVOICES.c.invoice_id == invoice_id)
+        ).scalar_one()
+        conn.execute(
+            insert(ITEMS).values(
+                message_id=message_id, invoice_id=invoice_id, currency="EUR", owed=owed
+            )
+        )
+    return message_id
+
+
+def overdue_reminder(engine: Engine, **message: Any) -> int:
+    """One customer, one overdue invoice, one case, one rendered reminder: its id."""
+    customer = {key: message.pop(key) for key in ("name", "locale") if key in message}
+    with engine.begin() as conn:
+        customer_id = add_customer(conn, **customer)
+        invoice_id = add_invoice(conn, customer_id)
+        case_id = add_case(conn, customer_id)
+        return add_message(conn, case_id, customer_id, [invoice_id], **message)
+
+
+def message_row(engine: Engine, message_id: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(MESSAGES).where(MESSAGES.c.id == message_id)).one()
+
+
+def bodies(email: EmailMessage) -> tuple[str, str]:
+    """The text and html parts of a multipart/alternative email."""
+    text = email.get_body(preferencelist=("plain",))
+    html = email.get_body(preferencelist=("html",))
+    assert text is not None and html is not None
+    return text.get_content(), html.get_content()
+
+
+@pytest.fixture
+def smtp(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
+    """A real SMTP server on 127.0.0.1, with the settings pointing at it."""
+    with SmtpServer() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        yield server
+
+
+# --- Maildir --------------------------------------------------------------------------------
+
+
+def test_without_smtp_host_each_message_lands_in_the_maildir_once(
+    engine: Engine, settings: Settings
+) -> None:
+    first = overdue_reminder(engine)
+    with engine.begin() as conn:
+        customer_id = add_customer(conn, "C2", "Grace Hopper", "grace@example.org")
+        add_invoice(conn, customer_id, "INV-2")
+        second = add_message(
+            conn,
+            add_case(conn, customer_id),
+            customer_id,
+            ["INV-2"],
+            to_address="grace@example.org",
+        )
+
+    report = deliver_due(engine, settings, AS_OF)
+
+    assert report.sent == 2
+    outbox = mailbox.Maildir(settings.outbox, create=False)
+    files = sorted((settings.outbox / "new").iterdir())
+    assert len(files) == 2 == len(outbox)
+    parsed = [BytesParser(policy=policy.default).parsebytes(f.read_bytes()) for f in files]
+    by_to = {str(email["To"]): email for email in parsed}
+    ada = by_to["Ada Lovelace <ada@example.org>"]
+    assert ada["From"] == settings.smtp_from
+    assert ada["Subject"] == "Invoice INV-1 is overdue"
+    assert ada["Message-ID"] == message_id_for(message_row(engine, first).key, "example.com")
+    assert ada["Date"].datetime.tzinfo is not None
+    assert ada["List-Unsubscribe"] == "<mailto:unsubscribe@example.com?subject=unsubscribe-C1>"
+    assert ada["List-Unsubscribe-Post"] is None  # RFC 8058 needs an https URL; we have mailto
+    assert ada.get_content_type() == "multipart/alternative"
+    assert bodies(ada) == (
+        "Hello, 1,234.56 EUR is due.\n",
+        "<p>Hello, <b>1,234.56 EUR</b> is due.</p>\n",
+    )
+    for message_id in (first, second):
+        row = message_row(engine, message_id)
+        assert (row.status, row.sent_on, row.attempts) == ("sent", AS_OF, 1)
+        assert row.sent_at is not None and row.message_id_header is not None
+
+    again = deliver_due(engine, settings, AS_OF)
+
+    assert (again.sent, again.suppressed, again.failed) == (0, {}, {})
+    assert len(list((settings.outbox / "new").iterdir())) == 2
+
+
+def test_messages_not_yet_due_or_not_rendered_wait(engine: Engine, settings: Settings) -> None:
+    later = overdue_reminder(engine, planned_on=date(2025, 3, 11))
+    case_id = message_row(engine, later).case_id
+    with engine.begin() as conn:
+        unrendered = add_message(conn, case_id, "C1", ["INV-1"], stage_index=1, subject=None)
+
+    assert deliver_due(engine, settings, AS_OF).sent == 0
+    assert message_row(engine, later).status == message_row(engine, unrendered).status == "planned"
+
+
+# --- SMTP -----------------------------------------------------------------------------------
+
+
+def test_a_french_reminder_arrives_over_smtp_with_both_parts(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    message_id = overdue_reminder(
+        engine,
+        name="Élodie Dupont",
+        locale="fr",
+        to_address="elodie@exemple.fr",
+        subject="Rappel : facture INV-1 échue",
+        body_text=f"Bonjour Élodie, il reste {FRENCH_AMOUNT} à régler.",
+        body_html=f"<p>Bonjour Élodie, il reste <b>{FRENCH_AMOUNT}</b> à régler.</p>",
+    )
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert report.sent == 1
+    [envelope] = smtp.envelopes
+    assert envelope.mail_from == "billing@example.com"
+    assert envelope.rcpt_tos == ["elodie@exemple.fr"]
+    email = envelope.parse()
+    assert email["To"].addresses[0].display_name == "Élodie Dupont"
+    assert email["To"].addresses[0].addr_spec == "elodie@exemple.fr"
+    assert email["Subject"] == "Rappel : facture INV-1 échue"
+    assert email["Message-ID"] == message_row(engine, message_id).message_id_header
+    assert email["List-Unsubscribe"].startswith("<mailto:unsubscribe@example.com")
+    assert email["In-Reply-To"] is None and email["References"] is None
+    text, html = bodies(email)
+    assert FRENCH_AMOUNT in text and FRENCH_AMOUNT in html
+    assert html.startswith("<p>Bonjour Élodie")
+    assert email.get_body(preferencelist=("plain",)).get_content_charset() == "utf-8"
+
+
+def test_later_stages_thread_under_the_first_reminder_of_the_case(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    first = overdue_reminder(engine)
+    deliver_due(engine, get_settings(), AS_OF)
+    case_id = message_row(engine, first).case_id
+    with engine.begin() as conn:
+        second = add_message(
+            conn, case_id, "C1", ["INV-1"], stage_index=1, planned_on=date(2025, 3, 17)
+        )
+
+    deliver_due(engine, get_settings(), date(2025, 3, 17))
+
+    root, follow_up = smtp.emails
+    assert root["Message-ID"] == message_row(engine, first).message_id_header
+    assert follow_up["Message-ID"] == message_row(engine, second).message_id_header
+    assert follow_up["Message-ID"] != root["Message-ID"]
+    assert follow_up["In-Reply-To"] == root["Message-ID"]
+    assert follow_up["References"] == root["Message-ID"]
+
+
+def test_reply_to_and_a_configured_unsubscribe_box_are_used(
+    engine: Engine, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLLECTFLOW_REPLY_TO", "Collections <ar@example.com>")
+    monkeypatch.setenv("COLLECTFLOW_UNSUBSCRIBE_MAILTO", "mailto:optout@example.com")
+    get_settings.cache_clear()
+    overdue_reminder(engine)
+
+    deliver_due(engine, get_settings(), AS_OF)
+
+    [email] = smtp.emails
+    assert email["Reply-To"] == "Collections <ar@example.com>"
+    assert email["List-Unsubscribe"] == "<mailto:optout@example.com?subject=unsubscribe-C1>"
+
+
+def test_internal_messages_carry_no_unsubscribe_header(engine: Engine, smtp: SmtpServer) -> None:
+    reminder = overdue_reminder(engine)
+    case_id = message_row(engine, reminder).case_id
+    with engine.begin() as conn:
+        note = add_message(
+            conn, case_id, "C1", [], kind="internal", to_address="manager@example.com"
+        )
+
+    deliver_due(engine, get_settings(), AS_OF)
+
+    assert message_row(engine, reminder).status == message_row(engine, note).status == "sent"
+    [to_manager] = [
+        email for email in smtp.emails if email["To"].addresses[0].username == "manager"
+    ]
+    assert to_manager["List-Unsubscribe"] is None
+
+
+# --- the re-check just before sending -------------------------------------------------------
+
+
+def test_an_invoice_paid_after_planning_is_not_reminded(engine: Engine, smtp: SmtpServer) -> None:
+    message_id = overdue_reminder(engine)
+    with engine.begin() as conn:
+        add_payment(conn, "INV-1", Decimal("1234.56"), on=AS_OF)
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert (report.sent, report.suppressed) == (0, {"paid_before_send": 1})
+    row = message_row(engine, message_id)
+    assert (row.status, row.status_reason) == ("suppressed", "paid_before_send")
+    assert smtp.envelopes == []
+
+
+def test_what_is_still_owed_counts_refunds_and_ignores_later_or_failed_payments(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    message_id = overdue_reminder(engine)
+    with engine.begin() as conn:
+        add_payment(conn, "INV-1", Decimal("1234.56"), on=AS_OF, payment_id="P1")
+        add_payment(conn, "INV-1", Decimal("34.56"), on=AS_OF, status="refunded", payment_id="P2")
+        add_payment(conn, "INV-1", Decimal("34.56"), on=date(2025, 3, 11), payment_id="P3")
+        add_payment(conn, "INV-1", Decimal("34.56"), on=AS_OF, status="failed", payment_id="P4")
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert report.sent == 1
+    assert message_row(engine, message_id).status == "sent"
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [("paid", "paid_before_send"), ("void", "paid_before_send"), ("disputed", "disputed")],
+)
+def test_an_invoice_settled_or_disputed_after_planning_is_not_reminded(
+    engine: Engine, settings: Settings, status: str, reason: str
+) -> None:
+    message_id = overdue_reminder(engine)
+    with engine.begin() as conn:
+        conn.execute(update(INVOICES).values(status=status))
+
+    report = deliver_due(engine, settings, AS_OF)
+
+    assert report.suppressed == {reason: 1}
+    assert message_row(engine, message_id).status_reason == reason
+    assert not (settings.outbox / "new").exists() or not any((settings.outbox / "new").iterdir())
+
+
+def test_a_reminder_still_goes_out_while_one_of_its_invoices_is_owed(
+    engine: Engine, settings: Settings
+) -> None:
+    with engine.begin() as conn:
+        customer_id = add_customer(conn)
+        add_invoice(conn, customer_id, "INV-1")
+        add_invoice(conn, customer_id, "INV-2", status="disputed")
+        add_invoice(conn, customer_id, "INV-3")
+        add_payment(conn, "INV-3", Decimal("1234.56"), on=AS_OF)
+        message_id = add_message(
+            conn, add_case(conn, customer_id), customer_id, ["INV-1", "INV-2", "INV-3"]
+        )
+
+    assert deliver_due(engine, settings, AS_OF).sent == 1
+    assert message_row(engine, message_id).status == "sent"
+
+
+def test_an_internal_message_is_dropped_once_its_case_is_paid(
+    engine: Engine, settings: Settings
+) -> None:
+    reminder = overdue_reminder(engine)
+    case_id = message_row(engine, reminder).case_id
+    with engine.begin() as conn:
+        note = add_message(
+            conn, case_id, "C1", [], kind="internal", to_address="manager@example.com"
+        )
+        add_payment(conn, "INV-1", Decimal("1234.56"), on=AS_OF)
+
+    report = deliver_due(engine, settings, AS_OF)
+
+    assert report.suppressed == {"paid_before_send": 2}
+    assert message_row(engine, note).status == "suppressed"
+
+
+def test_a_customer_marked_do_not_contact_gets_nothing(engine: Engine, settings: Settings) -> None:
+    message_id = overdue_reminder(engine)
+    with engine.begin() as conn:
+        conn.execute(update(CUSTOMERS).values(do_not_contact=True))
+
+    report = deliver_due(engine, settings, AS_OF)
+
+    assert (report.sent, report.suppressed) == (0, {"do_not_contact": 1})
+    assert message_row(engine, message_id).status_reason == "do_not_contact"
+
+
+# --- SMTP faults ----------------------------------------------------------------------------
+
+
+def test_a_4xx_answer_is_retried_on_the_next_delivery(engine: Engine, smtp: SmtpServer) -> None:
+    message_id = overdue_reminder(engine)
+    smtp.answer("451 4.3.0 Mailbox busy, try again later")
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert (report.sent, report.retrying, report.failed) == (0, 1, {})
+    row = message_row(engine, message_id)
+    assert (row.status, row.attempts) == ("planned", 1)
+    assert "451" in row.last_error
+    assert smtp.envelopes == []
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert report.sent == 1
+    assert message_row(engine, message_id).status == "sent"
+    assert len(smtp.envelopes) == 1
+
+
+def test_a_5xx_answer_fails_the_message_for_good(engine: Engine, smtp: SmtpServer) -> None:
+    message_id = overdue_reminder(engine)
+    smtp.answer("550 5.1.1 No such user here")
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert report.failed == {"smtp_5xx": 1}
+    row = message_row(engine, message_id)
+    assert (row.status, row.status_reason) == ("failed", "smtp_5xx: 550 5.1.1 No such user here")
+    assert deliver_due(engine, get_settings(), AS_OF).sent == 0
+    assert smtp.envelopes == []
+
+
+def test_an_unreachable_server_leaves_the_message_planned(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLLECTFLOW_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("COLLECTFLOW_SMTP_PORT", str(free_port()))
+    get_settings.cache_clear()
+    message_id = overdue_reminder(engine)
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert report.retrying == 1
+    row = message_row(engine, message_id)
+    assert row.status == "planned"
+    assert "could not open an SMTP session" in row.last_error
+
+
+def test_transient_failures_give_up_after_the_last_attempt(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    message_id = overdue_reminder(engine, attempts=MAX_ATTEMPTS - 1)
+    smtp.answer("421 4.7.0 Too many connections")
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert report.failed == {"attempts_exhausted": 1}
+    row = message_row(engine, message_id)
+    assert (row.status, row.status_reason, row.attempts) == ("failed", "attempts_exhausted", 5)
+    assert "421" in row.last_error
+
+
+def test_a_dropped_connection_is_reopened_for_the_next_message(
+    engine: Engine, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLLECTFLOW_SMTP_CONCURRENCY", "1")
+    get_settings.cache_clear()
+    with engine.begin() as conn:
+        for n in range(1, 4):
+            customer_id = add_customer(conn, f"C{n}", email=f"c{n}@example.org")
+            add_invoice(conn, customer_id, f"INV-{n}")
+            add_message(conn, add_case(conn, customer_id), customer_id, [f"INV-{n}"])
+    smtp.drop_connection()
+
+    report = deliver_due(engine, get_settings(), AS_OF, batch_size=1)
+
+    assert (report.sent, report.retrying) == (2, 1)
+    assert len(smtp.envelopes) == 2
+
+
+# --- hostile data ---------------------------------------------------------------------------
+
+
+def test_a_name_cannot_add_a_header(engine: Engine, smtp: SmtpServer) -> None:
+    overdue_reminder(engine, name="Eve\r\nBcc: evil@example.net")
+
+    deliver_due(engine, get_settings(), AS_OF)
+
+    [envelope] = smtp.envelopes
+    assert envelope.rcpt_tos == ["ada@example.org"]
+    email = envelope.parse()
+    assert email["Bcc"] is None
+    assert [address.addr_spec for address in email["To"].addresses] == ["ada@example.org"]
+    assert email["To"].addresses[0].display_name == "Eve Bcc: evil@example.net"
+
+
+@pytest.mark.parametrize(
+    "to_address",
+    [
+        "ada@example.org\r\nBcc: evil@example.net",
+        "ada@example.org, evil@example.net",
+        "ada",
+        "ada@",
+    ],
+)
+def test_an_unusable_address_fails_the_message(
+    engine: Engine, smtp: SmtpServer, to_address: str
+) -> None:
+    message_id = overdue_reminder(engine, to_address=to_address)
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert report.failed == {"invalid_address": 1}
+    assert message_row(engine, message_id).status_reason == "invalid_address"
+    assert smtp.envelopes == []
+
+
+def test_the_subject_stays_on_one_line(settings: Settings) -> None:
+    row = {
+        "key": "k",
+        "kind": "reminder",
+        "customer_id": "C1",
+        "customer_name": "Ada",
+        "to_address": "ada@example.org",
+        "subject": "Overdue\r\nBcc: evil@example.net",
+        "body_text": "text",
+        "body_html": None,
+        "message_id_header": None,
+    }
+
+    email = build_email(row, settings, thread_root=None)
+
+    assert email["Bcc"] is None
+    assert email["Subject"] == "Overdue Bcc: evil@example.net"
+
+
+# --- several workers ------------------------------------------------------------------------
+
+
+def test_concurrent_deliveries_send_each_message_once(engine: Engine, smtp: SmtpServer) -> None:
+    with engine.begin() as conn:
+        for n in range(40):
+            customer_id = add_customer(conn, f"C{n}", email=f"c{n}@example.org")
+            add_invoice(conn, customer_id, f"INV-{n}")
+            add_message(
+                conn,
+                add_case(conn, customer_id),
+                customer_id,
+                [f"INV-{n}"],
+                to_address=f"c{n}@example.org",
+            )
+    reports = []
+
+    def worker() -> None:
+        reports.append(deliver_due(engine, get_settings(), AS_OF, batch_size=5))
+
+    workers = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+
+    recipients = sorted(rcpt for envelope in smtp.envelopes for rcpt in envelope.rcpt_tos)
+    assert recipients == sorted(f"c{n}@example.org" for n in range(40))
+    assert sum(report.sent for report in reports) == 40
