@@ -12,9 +12,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint, text
+from sqlalchemy import Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
+from models.instant import UtcDateTime
 from models.money import Money
 
 OPEN_CASE = text("closed_on IS NULL")
@@ -25,7 +26,7 @@ def money_column(nullable: bool = False) -> Column:
 
 
 def instant_column(nullable: bool = True) -> Column:
-    return Column(DateTime(timezone=True), nullable=nullable)
+    return Column(UtcDateTime, nullable=nullable)
 
 
 class Customer(SQLModel, table=True):
