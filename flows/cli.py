@@ -68,7 +68,7 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _engine(settings: Settings) -> Any:
+def engine_for(settings: Settings) -> Any:
     from models import init_db, make_engine
 
     engine = make_engine(settings.database_url)
@@ -102,7 +102,7 @@ def import_command(
     from flows.ledger_import import import_ledger
 
     settings = get_settings()
-    report = import_ledger(_engine(settings), directory, settings)
+    report = import_ledger(engine_for(settings), directory, settings)
     for warning in report.warnings:
         err.print(f"warning: {warning}", highlight=False)
     if as_json:
@@ -146,7 +146,7 @@ def deliver(as_of: DateOption = None, as_json: JsonOption = False) -> None:
     from flows.pipeline import business_today
 
     settings = get_settings()
-    report = deliver_due(_engine(settings), settings, as_of or business_today(settings))
+    report = deliver_due(engine_for(settings), settings, as_of or business_today(settings))
     document = {"sent": report.sent, "suppressed": report.suppressed, "failed": report.failed}
     if as_json:
         emit_json(document)
@@ -160,7 +160,7 @@ def report(since: DateOption = None, until: DateOption = None, as_json: JsonOpti
     """Per stage: messages sent, how many were followed by payment, and money recovered."""
     from flows.report import effectiveness_report
 
-    with _engine(get_settings()).connect() as conn:
+    with engine_for(get_settings()).connect() as conn:
         result = effectiveness_report(conn, since, until)
     if as_json:
         emit_json(result.to_dict())
@@ -199,7 +199,7 @@ def segments(as_json: JsonOption = False) -> None:
     """Customers per segment, as of the last run."""
     from flows.assess import segment_counts
 
-    with _engine(get_settings()).connect() as conn:
+    with engine_for(get_settings()).connect() as conn:
         counts = segment_counts(conn)
     if as_json:
         emit_json({"segments": counts})
@@ -218,7 +218,7 @@ def queue(as_json: JsonOption = False) -> None:
     from flows.pipeline import business_today
 
     settings = get_settings()
-    with _engine(settings).connect() as conn:
+    with engine_for(settings).connect() as conn:
         items = operator_queue(conn, business_today(settings))
     if as_json:
         emit_json({"items": items})
@@ -242,7 +242,7 @@ def case_command(case_id: int, as_json: JsonOption = False) -> None:
     """One case's story: invoices, payments, messages, events."""
     from flows.casebook import case_story
 
-    with _engine(get_settings()).connect() as conn:
+    with engine_for(get_settings()).connect() as conn:
         story = case_story(conn, case_id)
     if as_json:
         emit_json(story)
@@ -285,9 +285,8 @@ def demo(
     The portfolio is deterministic for a given date, so running the demo again the same day
     imports nothing new and sends nothing new.
     """
-    from flows.demo_ledger import write_demo_ledger
-
     from flows.daily import collections_range
+    from flows.demo_ledger import write_demo_ledger
     from flows.ledger_import import import_ledger
     from flows.pipeline import business_today
 
@@ -295,7 +294,7 @@ def demo(
     today = business_today(settings)
     with tempfile.TemporaryDirectory(prefix="collectflow-demo-") as folder:
         write_demo_ledger(Path(folder), today, customers=customers)
-        imported = import_ledger(_engine(settings), Path(folder), settings)
+        imported = import_ledger(engine_for(settings), Path(folder), settings)
     err.print(f"demo ledger imported into {settings.database_url}: {imported.files}")
     summaries = collections_range(today - timedelta(days=days), today)
     if as_json:
@@ -328,6 +327,7 @@ def totals(days: list[dict[str, Any]]) -> dict[str, Any]:
         "cases_resolved": sum(day["cases_resolved"] for day in days),
         "outcomes": days[-1]["outcomes"] if days else {},
         "nothing_new": all(day["nothing_new"] for day in days),
+        "skipped_days": sum(1 for day in days if day.get("skipped")),
     }
 
 
@@ -349,6 +349,11 @@ def print_totals(days: list[dict[str, Any]], settings: Settings) -> None:
     )
     dry = " (dry run: nothing stored, nothing sent)" if days and days[0]["dry_run"] else ""
     out.print(f"[bold]Collections run for {span}[/]{dry}")
+    if summary["skipped_days"]:
+        out.print(
+            f"{summary['skipped_days']} date(s) skipped: a later date had already run "
+            "(history is not replayed over a newer state)."
+        )
     if summary["nothing_new"]:
         out.print(
             "[yellow]Nothing new:[/] every stage due was already planned by an earlier run; "
@@ -381,3 +386,6 @@ def print_totals(days: list[dict[str, Any]], settings: Settings) -> None:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+# command modules: each registers its commands on `app` when imported

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from flows.assess import AssessReport, assess
 from flows.config import Settings
@@ -27,12 +27,13 @@ from flows.outcomes import OutcomeReport, record_outcomes
 from flows.plan import PlanReport, plan
 from flows.policy import Policy, load_policy
 from flows.render import TemplateCatalog, load_catalog, render_planned
-from flows.summary import DaySummary, summarize_day
-from models import Message, init_db, make_engine
+from flows.summary import DaySummary, skipped_day, summarize_day
+from models import Message, RunRecord, init_db, make_engine
 
 T = TypeVar("T")
 Call = Callable[..., Any]
 MESSAGES = Message.__table__
+RUNS = RunRecord.__table__
 
 
 @dataclass
@@ -90,7 +91,15 @@ def direct(step: Callable[..., T], *args: Any) -> T:
 def run_day(
     ctx: RunContext, as_of: date, skip_delivery: bool = False, call: Call = direct
 ) -> DaySummary:
-    """The daily run of DESIGN.md, top to bottom, for one business date."""
+    """The daily run of DESIGN.md, top to bottom, for one business date.
+
+    A date before the latest completed run is history: it is skipped, not replayed over the
+    newer state (that would reopen cases settled since). The latest date itself runs again
+    safely: every step is idempotent for it.
+    """
+    latest = call(latest_run, ctx)
+    if latest is not None and as_of < latest:
+        return skipped_day(as_of, latest, ctx.dry_run)
     first_new_id = call(next_message_id, ctx)
     assessed = call(assess_step, ctx, as_of)
     planned = call(plan_step, ctx, as_of)
@@ -100,7 +109,7 @@ def run_day(
     if not (ctx.dry_run or skip_delivery):
         delivered = call(deliver_step, ctx, as_of)
     outcomes = call(outcomes_step, ctx, as_of)
-    return call(
+    summary = call(
         summary_step,
         ctx,
         as_of,
@@ -112,6 +121,31 @@ def run_day(
         delivered,
         outcomes,
     )
+    if not ctx.dry_run:
+        call(record_run, ctx, summary)
+    return summary
+
+
+def latest_run(ctx: RunContext) -> date | None:
+    """The latest business date a (non-dry) run completed."""
+    with ctx.connection() as conn:
+        return conn.execute(select(func.max(RUNS.c.as_of))).scalar_one()
+
+
+def record_run(ctx: RunContext, summary: DaySummary) -> None:
+    """Remember that `summary.as_of` was run (again, when rerun)."""
+    planned = sum(sum(statuses.values()) for statuses in summary.messages.values())
+    values = {
+        "finished_at": datetime.now(UTC),
+        "messages_planned": planned,
+        "messages_sent": summary.sent,
+    }
+    with ctx.connection() as conn:
+        updated = conn.execute(
+            update(RUNS).where(RUNS.c.as_of == summary.as_of).values(**values)
+        ).rowcount
+        if not updated:
+            conn.execute(insert(RUNS).values(as_of=summary.as_of, **values))
 
 
 def next_message_id(ctx: RunContext) -> int:

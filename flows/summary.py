@@ -39,6 +39,8 @@ class DaySummary:
     already_planned_today: int
     notes: list[str] = field(default_factory=list)
 
+    skipped: bool = False
+
     @property
     def nothing_new(self) -> bool:
         return not self.messages and self.sent == 0 and self.escalated == 0
@@ -107,3 +109,33 @@ def summarize_day(
     if dry_run:
         summary.notes.append("dry run: decided and rendered, nothing stored and nothing sent")
     return summary
+
+
+def skipped_day(as_of: date, latest: date, dry_run: bool) -> DaySummary:
+    """The summary of a date skipped because a later date has already run."""
+    return DaySummary(
+        as_of=as_of,
+        dry_run=dry_run,
+        segments={},
+        segment_moves=0,
+        cases_opened=0,
+        cases_resolved=0,
+        pre_due_skipped=0,
+        messages={},
+        suppressed={},
+        rendered=0,
+        delivered=False,
+        sent=0,
+        failed={},
+        suppressed_at_send={},
+        escalated=0,
+        account_manager_emails=0,
+        disputes_queued=0,
+        outcomes={},
+        already_planned_today=0,
+        notes=[
+            f"skipped {as_of.isoformat()}: the run already covered {latest.isoformat()}; "
+            "history is not replayed over a newer state"
+        ],
+        skipped=True,
+    )

@@ -46,6 +46,9 @@ class Customer(SQLModel, table=True):
     segment: str | None = Field(default=None, description="current segment, set by assess")
     segment_rule: str | None = None
     segment_since: date | None = None
+    segment_features: str | None = Field(
+        default=None, sa_type=Text, description="JSON: the features the rule read, on entry"
+    )
 
 
 class Invoice(SQLModel, table=True):
@@ -114,6 +117,10 @@ class CustomerFeatures(SQLModel, table=True):
     failed_payments_30d: int = 0
     disputes: int = 0
     tenure_days: int = 0
+    p90_days_late: float | None = None
+    failed_technical_30d: int = 0
+    failed_customer_30d: int = 0
+    broken_promises: int = 0
 
 
 class SegmentChange(SQLModel, table=True):
@@ -127,6 +134,9 @@ class SegmentChange(SQLModel, table=True):
     segment: str
     rule: str
     previous: str | None = None
+    features: str | None = Field(
+        default=None, sa_type=Text, description="JSON: the features the matching rule read"
+    )
 
 
 class Case(SQLModel, table=True):
@@ -154,6 +164,15 @@ class Case(SQLModel, table=True):
     opened_on: date
     escalated_on: date | None = None
     closed_on: date | None = None
+    paused_until: date | None = Field(
+        default=None, description="a pause ends after this date (promise grace, customer pause)"
+    )
+    resume_status: str | None = Field(
+        default=None, max_length=16, description="the status a paused case returns to"
+    )
+    fast_track: bool = Field(
+        default=False, description="plan the next stage now, ignoring offset and gap (once)"
+    )
 
 
 class Message(SQLModel, table=True):
@@ -187,6 +206,7 @@ class Message(SQLModel, table=True):
     sent_on: date | None = None
     attempts: int = 0
     last_error: str | None = None
+    cause: str | None = Field(default=None, max_length=32, description="diagnosis, see diagnose")
 
 
 class MessageItem(SQLModel, table=True):
@@ -200,6 +220,7 @@ class MessageItem(SQLModel, table=True):
     owed: Decimal = Field(sa_column=money_column())
     recovered: Decimal = Field(sa_column=Column(Money, nullable=False, server_default="0"))
     last_paid_on: date | None = None
+    cause: str | None = Field(default=None, max_length=32, description="why it is unpaid")
 
 
 class Outcome(SQLModel, table=True):
@@ -270,3 +291,92 @@ class PaymentAttribution(SQLModel, table=True):
     invoice_id: str = Field(max_length=64)
     amount: Decimal = Field(sa_column=money_column())
     paid_on: date
+
+
+class RunRecord(SQLModel, table=True):
+    """A business date the daily run completed (not dry runs): dates before the latest are
+    history, and replaying them over a newer state would reopen settled cases."""
+
+    __tablename__ = "runs"
+
+    as_of: date = Field(primary_key=True)
+    finished_at: datetime = Field(sa_column=instant_column(nullable=False))
+    messages_planned: int = 0
+    messages_sent: int = 0
+
+
+class OutageWindow(SQLModel, table=True):
+    """A span when one gateway failed far above its own baseline: those failures are ours.
+
+    Open while `ended_on` is empty. `alerted_on` and `apologised_on` make the operators' alert
+    and the customers' apology happen once per window.
+    """
+
+    __tablename__ = "outage_windows"
+    __table_args__ = (UniqueConstraint("gateway", "started_on", name="uq_outage_gateway_start"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    gateway: str = Field(max_length=64)
+    started_on: date
+    ended_on: date | None = None
+    attempts: int
+    failures: int
+    failure_rate: float
+    baseline_rate: float
+    alerted_on: date | None = None
+    apologised_on: date | None = None
+
+
+class Promise(SQLModel, table=True):
+    """A promise to pay: reminders wait until `promised_on` plus the policy's grace days."""
+
+    __tablename__ = "promises"
+    __table_args__ = (Index("ix_promises_case_status", "case_id", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="cases.id")
+    amount: Decimal = Field(sa_column=money_column())
+    currency: str = Field(max_length=3)
+    promised_on: date = Field(description="the date the customer said they would pay by")
+    grace_until: date = Field(description="broken if not paid by the end of this date")
+    made_on: date
+    status: str = Field(default="open", max_length=16, description="open|kept|broken")
+    decided_on: date | None = None
+    actor: str = Field(max_length=64)
+
+
+class Dispute(SQLModel, table=True):
+    """A customer's dispute of one invoice; the case waits until an operator resolves it."""
+
+    __tablename__ = "disputes"
+    __table_args__ = (Index("ix_disputes_case", "case_id", "resolved_on"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="cases.id")
+    invoice_id: str = Field(foreign_key="invoices.invoice_id", max_length=64)
+    reason: str
+    opened_on: date
+    resolved_on: date | None = None
+    outcome: str | None = Field(default=None, max_length=16, description="upheld|rejected")
+    credited: Decimal | None = Field(default=None, sa_column=money_column(nullable=True))
+
+
+class EscalationStep(SQLModel, table=True):
+    """An escalation step done for a case: at most once per (case, step).
+
+    Steps with an effect outside the database (the suspension webhook, the agency export)
+    are done in two moves: the row is written with the escalation, and `delivered_at` is set
+    once the effect has happened, so a failed webhook is retried, never lost.
+    """
+
+    __tablename__ = "escalation_steps"
+    __table_args__ = (UniqueConstraint("case_id", "step", name="uq_escalation_case_step"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="cases.id")
+    step: str = Field(max_length=32)
+    done_on: date
+    delivered_at: datetime | None = Field(default=None, sa_column=instant_column())
+    attempts: int = 0
+    last_error: str | None = None
+    reference: str | None = Field(default=None, description="e.g. the agency export file")

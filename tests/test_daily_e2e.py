@@ -132,6 +132,19 @@ def test_a_rerun_of_a_day_sends_nothing(
     assert len(maildir(settings)) == before
 
 
+def test_replaying_a_period_already_run_sends_nothing(
+    engine: Engine, settings: Settings, three_customers: Ledger
+) -> None:
+    collections_range(day(-5), day(40))
+    before = len(maildir(settings))
+
+    days = collections_range(day(-5), day(40))
+
+    assert [d["skipped"] for d in days] == [True] * 45 + [False]
+    assert all(d["nothing_new"] for d in days)
+    assert len(maildir(settings)) == before
+
+
 def test_catching_up_after_downtime_sends_one_stage_per_run_with_gaps(
     engine: Engine, settings: Settings, three_customers: Ledger
 ) -> None:
