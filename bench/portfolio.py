@@ -1,0 +1,265 @@
+"""Benchmark one business day on a generated portfolio, against the floor measured in the same run.
+
+    python bench/portfolio.py --customers 200000 --invoices 5 [--database-url URL] [--keep] [--json]
+
+Generates the demo ledger (flows/demo_ledger.py) into a temporary directory, imports it, then
+times assess, plan and render for today, each in its own transaction, and the peak memory of
+the process after each phase. The floor is what the same data costs without Collectflow's
+decisions: (a) one bare SQL aggregate of what each customer owes, over the same invoices and
+payments, and (b) bare Jinja2 renders of as many simple messages as the run rendered. DESIGN.md
+asks for (assess + plan + render) within 3x of (a + b), and peak memory under 1 GiB.
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from any directory
+
+RATIO_TARGET = 3.0
+MEMORY_TARGET_MIB = 1024.0
+PIPELINE = ("assess", "plan", "render")
+FLOOR = ("floor_sql", "floor_jinja")
+
+FLOOR_SQL = """
+SELECT i.customer_id,
+       COUNT(*) AS owing_invoices,
+       SUM(i.amount - COALESCE(p.settled, 0)) AS owed,
+       SUM(CASE WHEN i.due_on < :as_of THEN i.amount - COALESCE(p.settled, 0) ELSE 0 END)
+           AS overdue
+FROM invoices AS i
+LEFT JOIN (
+    SELECT invoice_id,
+           SUM(CASE WHEN status = 'succeeded' THEN amount ELSE -amount END) AS settled
+    FROM payments
+    WHERE status <> 'failed' AND attempted_on <= :as_of
+    GROUP BY invoice_id
+) AS p ON p.invoice_id = i.invoice_id
+WHERE i.issued_on <= :as_of
+  AND i.status IN ('open', 'disputed')
+  AND i.amount > COALESCE(p.settled, 0)
+GROUP BY i.customer_id
+"""
+
+FLOOR_TEMPLATES = {
+    "subject": "Reminder: invoice {{ invoices[0].number }} is {{ days }} days overdue",
+    "text": (
+        "Dear {{ customer.name }},\n\n"
+        "{% for invoice in invoices %}"
+        "- {{ invoice.number }} due {{ invoice.due_on }}: {{ invoice.owed }}\n"
+        "{% endfor %}"
+        "Total: {{ total }}\nPay at {{ invoices[0].payment_url }}\n\n{{ sender }}\n"
+    ),
+    "html": (
+        "<html><body><p>Dear {{ customer.name }},</p><table>"
+        "{% for invoice in invoices %}"
+        "<tr><td>{{ invoice.number }}</td><td>{{ invoice.due_on }}</td>"
+        "<td>{{ invoice.owed }}</td></tr>"
+        "{% endfor %}"
+        "</table><p>Total: {{ total }}</p>"
+        '<p><a href="{{ invoices[0].payment_url }}">Pay now</a></p>'
+        "<p>{{ sender }}</p></body></html>"
+    ),
+}
+
+
+@dataclass
+class Phase:
+    """One timed phase: wall time, and the process's peak resident memory once it ended."""
+
+    name: str
+    seconds: float
+    peak_rss_mib: float
+
+
+@dataclass
+class Result:
+    """Everything the benchmark measured, as printed (and as the --json document)."""
+
+    as_of: str
+    database: str
+    rows: dict[str, int]
+    phases: list[Phase] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.phases.append(Phase(name, time.perf_counter() - start, peak_rss_mib()))
+
+    def seconds(self, names: tuple[str, ...]) -> float:
+        return sum(phase.seconds for phase in self.phases if phase.name in names)
+
+    def summary(self) -> dict[str, Any]:
+        pipeline, floor = self.seconds(PIPELINE), self.seconds(FLOOR)
+        ratio = pipeline / floor if floor else float("inf")
+        peak = max(phase.peak_rss_mib for phase in self.phases)
+        return {
+            "pipeline_seconds": round(pipeline, 3),
+            "floor_seconds": round(floor, 3),
+            "ratio": round(ratio, 2),
+            "ratio_target": RATIO_TARGET,
+            "ratio_met": ratio <= RATIO_TARGET,
+            "peak_rss_mib": round(peak, 1),
+            "peak_rss_target_mib": MEMORY_TARGET_MIB,
+            "peak_rss_met": peak < MEMORY_TARGET_MIB,
+        }
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def run(customers: int, invoices: int, database_url: str | None, workdir: Path) -> Result:
+    """Generate, import, run one day, measure the floor; the database's tables are recreated."""
+    from flows.assess import assess
+    from flows.config import Settings
+    from flows.demo_ledger import write_demo_ledger
+    from flows.ledger_import import import_ledger
+    from flows.plan import plan
+    from flows.policy import load_policy
+    from flows.render import TemplateCatalog, render_planned
+    from models import drop_db, init_db, make_engine
+
+    as_of = date.today()
+    url = database_url or f"sqlite:///{workdir / 'collectflow.db'}"
+    settings = Settings(database_url=url, outbox=workdir / "outbox")
+    policy = load_policy(settings.policy)
+    engine = make_engine(url)
+    drop_db(engine)
+    init_db(engine)
+    result = Result(as_of.isoformat(), engine.dialect.name, rows={})
+    try:
+        with result.phase("generate"):
+            result.rows = write_demo_ledger(workdir / "ledger", as_of, customers, invoices)
+        with result.phase("import"):
+            import_ledger(engine, workdir / "ledger", settings)
+        with result.phase("assess"), engine.begin() as conn:
+            result.counts["segments"] = assess(conn, policy, as_of).segments
+        with result.phase("plan"), engine.begin() as conn:
+            result.counts["plan"] = asdict(plan(conn, policy, as_of))
+        with result.phase("render"):
+            catalog = TemplateCatalog(settings.templates, policy.templates() | {"escalation"})
+            with engine.begin() as conn:
+                rendered = render_planned(conn, catalog, policy, as_of)
+        result.counts["rendered"] = rendered
+        with result.phase("floor_sql"), engine.connect() as conn:
+            result.counts["floor_sql_customers"] = floor_sql(conn, as_of)
+        with result.phase("floor_jinja"):
+            floor_jinja(rendered)
+    finally:
+        engine.dispose()
+    return result
+
+
+def floor_sql(conn: Any, as_of: date) -> int:
+    """What each customer owes and has overdue, in one aggregate; returns the customers owing."""
+    from sqlalchemy import Date, bindparam, text
+
+    statement = text(FLOOR_SQL).bindparams(bindparam("as_of", type_=Date))
+    return len(conn.execute(statement, {"as_of": as_of}).all())
+
+
+def floor_jinja(messages: int) -> None:
+    """Render `messages` simple reminders (subject, text, HTML) from ready-made contexts."""
+    import jinja2
+
+    templates = {
+        part: jinja2.Environment(autoescape=part == "html").from_string(source)
+        for part, source in FLOOR_TEMPLATES.items()
+    }
+    contexts = [_floor_context(index) for index in range(min(messages, 1000))]
+    for index in range(messages):
+        context = contexts[index % len(contexts)]
+        for template in templates.values():
+            template.render(context)
+
+
+def _floor_context(index: int) -> dict[str, Any]:
+    invoices = [
+        {
+            "number": f"2025/{index:06d}-{item:02d}",
+            "due_on": f"2025-05-{item + 1:02d}",
+            "owed": f"{100 + index % 900}.{item:02d} €",
+            "payment_url": f"https://pay.example.com/invoice/INV-{index:06d}-{item:02d}",
+        }
+        for item in range(1 + index % 3)
+    ]
+    return {
+        "customer": {"name": f"Customer {index}"},
+        "invoices": invoices,
+        "days": 3 + index % 30,
+        "total": f"{(100 + index % 900) * len(invoices)}.00 €",
+        "sender": "Claire Martin, Accounts Receivable",
+    }
+
+
+def print_table(result: Result) -> None:
+    rows = ", ".join(f"{count:,} {name[:-4]}" for name, count in result.rows.items())
+    print(f"Portfolio: {rows}; as of {result.as_of} on {result.database}")
+    print(f"Messages rendered: {result.counts['rendered']:,}")
+    print(f"\n{'phase':<12} {'seconds':>10} {'peak RSS MiB':>14}")
+    for phase in result.phases:
+        print(f"{phase.name:<12} {phase.seconds:>10.3f} {phase.peak_rss_mib:>14.1f}")
+    summary = result.summary()
+    verdict = {True: "met", False: "NOT met"}
+    print(
+        f"\nassess+plan+render {summary['pipeline_seconds']:.3f} s / "
+        f"floor (sql+jinja) {summary['floor_seconds']:.3f} s = {summary['ratio']:.2f}x "
+        f"(target <= {RATIO_TARGET:g}x: {verdict[summary['ratio_met']]})"
+    )
+    print(
+        f"peak RSS {summary['peak_rss_mib']:.1f} MiB "
+        f"(target < {MEMORY_TARGET_MIB:g} MiB: {verdict[summary['peak_rss_met']]})"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=200_000)
+    parser.add_argument("--invoices", type=int, default=5, help="invoices per customer")
+    parser.add_argument(
+        "--database-url",
+        help="database to use (default: a SQLite file in the temporary directory); "
+        "its Collectflow tables are DROPPED and recreated, so point it at a scratch database",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="collectflow-bench-"))
+    try:
+        result = run(args.customers, args.invoices, args.database_url, workdir)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(asdict(result) | result.summary(), indent=2))
+    else:
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
