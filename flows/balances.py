@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import Connection, and_, case, delete, func, insert, literal, select, type_coerce
+from sqlalchemy import (
+    Connection,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    type_coerce,
+)
 from sqlalchemy.sql.expression import Subquery
 
 from models import Invoice, InvoiceBalance, Money, Payment
@@ -87,4 +98,14 @@ def refresh_balances(conn: Connection, as_of: date) -> int:
             owing,
         )
     )
+    refresh_statistics(conn, BALANCES.name)
     return result.rowcount
+
+
+def refresh_statistics(conn: Connection, table: str) -> None:
+    """Let PostgreSQL's planner see a table just rebuilt, so every later step joins it well.
+
+    Autovacuum would get there eventually; the rest of this run can't wait for it.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"ANALYZE {table}"))

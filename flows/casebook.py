@@ -7,8 +7,20 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from flows.errors import CollectflowError
-from models import Case, CaseEvent, Customer, Invoice, Message, Payment, QueueItem, days_between
+from flows.lifecycle import UnknownCase
+from models import (
+    Case,
+    CaseEvent,
+    Customer,
+    Dispute,
+    EscalationStep,
+    Invoice,
+    Message,
+    Payment,
+    Promise,
+    QueueItem,
+    days_between,
+)
 
 CASES = Case.__table__
 CUSTOMERS = Customer.__table__
@@ -17,10 +29,15 @@ INVOICES = Invoice.__table__
 MESSAGES = Message.__table__
 PAYMENTS = Payment.__table__
 QUEUE = QueueItem.__table__
+PROMISES = Promise.__table__
+DISPUTES = Dispute.__table__
+STEPS = EscalationStep.__table__
 
-
-class UnknownCase(CollectflowError):
-    """Raised when a case id does not exist."""
+QUEUE_ARTIFACT_COLUMNS = (
+    "id", "case_id", "customer_id", "reason", "created_on", "age_days", "claimed_by",
+    "case_status",
+)  # fmt: skip
+"""What the queue artifact shows: no names or addresses (artifacts are not for personal data)."""
 
 
 def operator_queue(conn: Connection, as_of: date) -> list[dict[str, Any]]:
@@ -32,13 +49,15 @@ def operator_queue(conn: Connection, as_of: date) -> list[dict[str, Any]]:
             QUEUE.c.customer_id,
             CUSTOMERS.c.name,
             QUEUE.c.reason,
+            QUEUE.c.detail,
             QUEUE.c.created_on,
             days_between(as_of, QUEUE.c.created_on).label("age_days"),
             QUEUE.c.claimed_by,
             CASES.c.status.label("case_status"),
         )
         .select_from(
-            QUEUE.join(CASES, CASES.c.id == QUEUE.c.case_id).join(
+            # outer: a refund due stands on its own when the customer has no open case
+            QUEUE.outerjoin(CASES, CASES.c.id == QUEUE.c.case_id).join(
                 CUSTOMERS, CUSTOMERS.c.customer_id == QUEUE.c.customer_id
             )
         )
@@ -49,10 +68,11 @@ def operator_queue(conn: Connection, as_of: date) -> list[dict[str, Any]]:
 
 
 def case_story(conn: Connection, case_id: int) -> dict[str, Any]:
-    """A case with its customer, invoices, payments, messages and events."""
+    """A case with its customer (segment and why), invoices, payments, messages, promises,
+    disputes, escalation steps, queue items and events."""
     case = conn.execute(select(CASES).where(CASES.c.id == case_id)).mappings().first()
     if case is None:
-        raise UnknownCase(f"no case with id {case_id} (see `collectflow queue`)")
+        raise UnknownCase(case_id)
     customer_id = case["customer_id"]
     customer = (
         conn.execute(select(CUSTOMERS).where(CUSTOMERS.c.customer_id == customer_id))
@@ -89,8 +109,17 @@ def case_story(conn: Connection, case_id: int) -> dict[str, Any]:
         .where(EVENTS.c.case_id == case_id)
         .order_by(EVENTS.c.id)
     ).mappings()
+
+    def rows_of(table: Any) -> list[dict[str, Any]]:
+        query = select(table).where(table.c.case_id == case_id).order_by(table.c.id)
+        return [dict(row) for row in conn.execute(query).mappings()]
+
     return {
         "case": dict(case),
+        "promises": rows_of(PROMISES),
+        "disputes": rows_of(DISPUTES),
+        "escalation_steps": rows_of(STEPS),
+        "queue": rows_of(QUEUE),
         "customer": dict(customer),
         "invoices": [dict(row) for row in invoices],
         "payments": [dict(row) for row in payments],

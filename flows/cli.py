@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.config import Settings, get_settings
-from flows.errors import CollectflowError
+from flows.errors import BadUsage, CollectflowError
 
 app = typer.Typer(
     name="collectflow",
@@ -128,149 +128,14 @@ def run(
     from flows.daily import collections_range, daily_collections
 
     if (from_ is None) != (to is None):
-        raise typer.BadParameter("--from and --to go together")
+        raise BadUsage("--from and --to go together")
     if from_ is not None and as_of is not None:
-        raise typer.BadParameter("use either --as-of or --from/--to")
+        raise BadUsage("use either --as-of or --from/--to")
     if from_ is not None and to is not None:
         days = collections_range(from_, to, dry_run=dry_run, skip_delivery=skip_delivery)
     else:
         days = [daily_collections(as_of=as_of, dry_run=dry_run, skip_delivery=skip_delivery)]
     print_days(days, as_json)
-
-
-@app.command()
-@handles_errors
-def deliver(as_of: DateOption = None, as_json: JsonOption = False) -> None:
-    """Send what is planned, rendered and due (the hourly delivery step)."""
-    from flows.deliver import deliver_due
-    from flows.pipeline import business_today
-
-    settings = get_settings()
-    report = deliver_due(engine_for(settings), settings, as_of or business_today(settings))
-    document = {"sent": report.sent, "suppressed": report.suppressed, "failed": report.failed}
-    if as_json:
-        emit_json(document)
-        return
-    out.print(f"sent {report.sent}; suppressed {report.suppressed}; failed {report.failed}")
-
-
-@app.command()
-@handles_errors
-def report(since: DateOption = None, until: DateOption = None, as_json: JsonOption = False) -> None:
-    """Per stage: messages sent, how many were followed by payment, and money recovered."""
-    from flows.report import effectiveness_report
-
-    with engine_for(get_settings()).connect() as conn:
-        result = effectiveness_report(conn, since, until)
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    table = Table(title="Effectiveness by stage (attribution: last touch)")
-    for column in (
-        "stage",
-        "sent",
-        "paid",
-        "partial",
-        "no resp.",
-        "pending",
-        "cure rate",
-        "avg days",
-        "recovered",
-    ):
-        table.add_column(column, justify="left" if column in ("stage", "recovered") else "right")
-    for figures in result.stages:
-        table.add_row(
-            figures.stage,
-            str(figures.sent),
-            str(figures.paid),
-            str(figures.partial),
-            str(figures.no_response),
-            str(figures.pending),
-            "-" if figures.cure_rate is None else f"{figures.cure_rate:.0%}",
-            "-" if figures.avg_days_to_pay is None else f"{figures.avg_days_to_pay}",
-            ", ".join(f"{amount:,.2f} {cur}" for cur, amount in sorted(figures.recovered.items())),
-        )
-    out.print(table if result.stages else "no reminder sent yet")
-
-
-@app.command()
-@handles_errors
-def segments(as_json: JsonOption = False) -> None:
-    """Customers per segment, as of the last run."""
-    from flows.assess import segment_counts
-
-    with engine_for(get_settings()).connect() as conn:
-        counts = segment_counts(conn)
-    if as_json:
-        emit_json({"segments": counts})
-        return
-    table = Table("segment", "customers", title="Customers per segment")
-    for name, count in sorted(counts.items(), key=lambda kv: -kv[1]):
-        table.add_row(name, str(count))
-    out.print(table)
-
-
-@app.command()
-@handles_errors
-def queue(as_json: JsonOption = False) -> None:
-    """The operator queue: cases needing a person, with the reason and age."""
-    from flows.casebook import operator_queue
-    from flows.pipeline import business_today
-
-    settings = get_settings()
-    with engine_for(settings).connect() as conn:
-        items = operator_queue(conn, business_today(settings))
-    if as_json:
-        emit_json({"items": items})
-        return
-    table = Table("case", "customer", "reason", "since", "age", "claimed by", title="Queue")
-    for item in items:
-        table.add_row(
-            str(item["case_id"]),
-            f"{item['name']} ({item['customer_id']})",
-            item["reason"],
-            str(item["created_on"]),
-            f"{item['age_days']} d",
-            item["claimed_by"] or "",
-        )
-    out.print(table if items else "the queue is empty")
-
-
-@app.command("case")
-@handles_errors
-def case_command(case_id: int, as_json: JsonOption = False) -> None:
-    """One case's story: invoices, payments, messages, events."""
-    from flows.casebook import case_story
-
-    with engine_for(get_settings()).connect() as conn:
-        story = case_story(conn, case_id)
-    if as_json:
-        emit_json(story)
-        return
-    case, customer = story["case"], story["customer"]
-    out.print(
-        f"[bold]Case {case['id']}[/] {customer['name']} ({customer['customer_id']}), "
-        f"{case['status']}, segment {case['segment']}, ladder {case['ladder']}, "
-        f"stage {case['stage'] or '-'}"
-    )
-    for title, rows, keys in (
-        ("Invoices", story["invoices"], ("invoice_id", "due_on", "amount", "currency", "status")),
-        (
-            "Payments",
-            story["payments"],
-            ("payment_id", "invoice_id", "attempted_on", "amount", "status", "failure_code"),
-        ),
-        (
-            "Messages",
-            story["messages"],
-            ("id", "stage", "planned_on", "status", "status_reason", "sent_on"),
-        ),
-        ("Events", story["events"], ("on", "kind", "actor", "detail")),
-    ):
-        table = Table(*keys, title=title)
-        for row in rows:
-            table.add_row(*("" if row[k] is None else str(row[k]) for k in keys))
-        out.print(table)
 
 
 @app.command()
@@ -307,6 +172,7 @@ def totals(days: list[dict[str, Any]]) -> dict[str, Any]:
     """Add up day summaries: messages per stage and status, suppressions, escalations."""
     messages: dict[str, dict[str, int]] = {}
     suppressed: dict[str, int] = {}
+    causes: dict[str, int] = {}
     for day in days:
         for stage, statuses in day["messages"].items():
             for status, count in statuses.items():
@@ -314,12 +180,15 @@ def totals(days: list[dict[str, Any]]) -> dict[str, Any]:
                 messages[stage][status] += count
         for reason, count in day["suppressed"].items():
             suppressed[reason] = suppressed.get(reason, 0) + count
+        for cause, count in day["causes"].items():
+            causes[cause] = causes.get(cause, 0) + count
     return {
         "from": days[0]["as_of"] if days else None,
         "to": days[-1]["as_of"] if days else None,
         "segments": days[-1]["segments"] if days else {},
         "messages": messages,
         "suppressed": suppressed,
+        "causes": causes,
         "sent": sum(day["sent"] for day in days),
         "escalated": sum(day["escalated"] for day in days),
         "account_manager_emails": sum(day["account_manager_emails"] for day in days),
@@ -374,6 +243,11 @@ def print_totals(days: list[dict[str, Any]], settings: Settings) -> None:
     out.print(segments, stages)
     if summary["suppressed"]:
         out.print(reasons)
+    if summary["causes"]:
+        causes = Table("cause", "reminders", title="Why unpaid: reminders by cause")
+        for cause, count in sorted(summary["causes"].items(), key=lambda kv: -kv[1]):
+            causes.add_row(cause, str(count))
+        out.print(causes)
     out.print(
         f"cases opened {summary['cases_opened']}, resolved {summary['cases_resolved']}, "
         f"escalated {summary['escalated']} (account managers emailed: "
@@ -389,3 +263,7 @@ def main() -> None:
 
 
 # command modules: each registers its commands on `app` when imported
+import flows.cli_cases  # noqa: E402  queue, queue claim, case, operator actions
+import flows.cli_delivery  # noqa: E402  deliver, opt-out, in-doubt
+import flows.cli_report  # noqa: E402  report: terminal, JSON, HTML
+import flows.cli_segments  # noqa: E402, F401  segments, what-if, explain

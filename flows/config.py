@@ -32,12 +32,28 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
+    smtp_tls: bool = False
+    smtp_ca_file: Path | None = None
     smtp_timeout: float = 30.0
     smtp_concurrency: int = 4
+    smtp_rate_per_second: float | None = None
+
+    delivery_lease_seconds: float = 900.0
+    delivery_retry_seconds: float = 300.0
+    delivery_retry_cap_seconds: float = 6 * 3600.0
+
+    suspension_webhook_url: str | None = None
+    suspension_webhook_secret: SecretStr | None = None
+    webhook_attempts: int = 3
+    webhook_timeout: float = 10.0
+    webhook_backoff: float = 1.0
+    exports: Path = Path("exports")
 
     smtp_from: str = "Accounts Receivable <billing@example.com>"
     reply_to: str | None = None
     unsubscribe_mailto: str | None = None
+    unsubscribe_url: str | None = None
+    unsubscribe_secret: SecretStr | None = None
 
     @field_validator("timezone")
     @classmethod

@@ -8,8 +8,11 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic_core import to_jsonable_python
 
+from flows.casebook import QUEUE_ARTIFACT_COLUMNS, operator_queue
 from flows.config import get_settings
+from flows.outage import alert_operators
 from flows.pipeline import RunContext, business_today, open_run, run_day
 from flows.summary import DaySummary
 
@@ -39,6 +42,8 @@ def daily_collections(
     day = as_of or business_today(settings)
     with open_run(settings, dry_run=dry_run) as ctx:
         summary = run_day(ctx, day, skip_delivery=skip_delivery, call=as_task)
+        alert_operators(ctx.engine, ctx.settings, ctx.policy, day, ctx.dry_run)
+        publish_queue(ctx, day)
     publish_summary([summary])
     return summary.to_dict()
 
@@ -58,8 +63,23 @@ def collections_range(
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
     with open_run(settings, dry_run=dry_run) as ctx:
         summaries = [run_day_task(ctx, day, skip_delivery) for day in days]
+        alert_operators(ctx.engine, ctx.settings, ctx.policy, end, ctx.dry_run)
+        publish_queue(ctx, end)
     publish_summary(summaries)
     return [summary.to_dict() for summary in summaries]
+
+
+def publish_queue(ctx: RunContext, as_of: date) -> None:
+    """Publish the operator queue as a table artifact: case, reason, age, claim (no names)."""
+    with ctx.connection() as conn:
+        items = operator_queue(conn, as_of)
+    create_table_artifact(
+        key="operator-queue",
+        table=to_jsonable_python(
+            [{column: item[column] for column in QUEUE_ARTIFACT_COLUMNS} for item in items]
+        ),
+        description=f"Operator queue on {as_of}: {len(items)} item(s) needing a person",
+    )
 
 
 def publish_summary(summaries: list[DaySummary]) -> None:

@@ -1,10 +1,21 @@
-"""Step 5, deliver: send what is rendered and due, and record what happened to each message.
+"""Step 5, deliver: send what is rendered and due, exactly once, and record what happened.
 
-Per batch: claim (re-check that the money is still owed, then mark the rest 'sending', in one
-committed transaction), send concurrently, record every result in one transaction. Sending is
-a side effect, so each batch commits before and after it. Messages are claimed in id order
-from a moving cursor, so a message sent back to 'planned' by a transient failure waits for
-the next delivery instead of being retried in a tight loop.
+A delivery is a small pipeline in one event loop:
+
+    claim (DB, in a thread) ──► queue ──► N senders (pooled SMTP connections) ──► recorder (DB)
+
+Claiming is one transaction: take the due messages (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so
+workers in other processes take other rows; SQLite: one writer at a time), re-check each
+just before sending (still owed, case not paused, customer not opted out, address not
+bounced: otherwise `suppressed` with the reason), hold back what the contact rules defer
+(quiet hours, the cap), and mark the rest `sending` under this worker's lease. The recorder
+writes results every few tenths of a second, so a crash leaves unconfirmed only what was
+claimed and not yet recorded. Such messages are found `sending` with an expired lease by the
+next delivery and moved to `unknown`: reported and queued for an operator, never resent.
+
+Transient failures (4xx, dropped connection, timeout) go back to `planned` with an
+exponential backoff (`next_attempt_at`) until MAX_ATTEMPTS; a 5xx answer to the recipient
+or the data is permanent: the message is `bounced`, the address blocked, the case queued.
 
 Without `settings.smtp_host` mail goes to a Maildir at `settings.outbox` that any mail client
 can open; otherwise through aiosmtplib, one reused connection per concurrent sender.
@@ -13,12 +24,19 @@ can open; otherwise through aiosmtplib, one reused connection per concurrent sen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mailbox
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from email.message import EmailMessage
+import multiprocessing
+import os
+import socket
+import ssl
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from email.message import Message as EmailMessage
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,12 +44,13 @@ import aiosmtplib
 from sqlalchemy import (
     Connection,
     Engine,
-    Select,
+    Row,
     String,
     and_,
     bindparam,
     case,
     func,
+    literal,
     or_,
     select,
     update,
@@ -39,9 +58,33 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import ColumnElement, Exists
 
 from flows.config import Settings
+from flows.contact import (
+    address_bounced,
+    block,
+    must_wait,
+    opted_out,
+    quiet_deferrals,
+    to_customer,
+)
+from flows.contact_policy import Contact
 from flows.errors import DeliveryError
-from flows.mail import build_email, sender_domain
-from models import Customer, Invoice, Message, MessageItem, Payment
+from flows.escalate import queue_cases
+from flows.lifecycle import CLOSED, PAUSED_STATES
+from flows.mail import build_email, sender_domain, unsubscribe_url
+from flows.outbox import (
+    BOUNCED,
+    FAILED,
+    IN_DOUBT,
+    PLANNED,
+    SENDING,
+    SENT,
+    SUPPRESSED,
+    log_moves,
+    move,
+    take_write_lock,
+)
+from flows.policy import load_policy
+from models import Case, Customer, Invoice, Message, MessageItem, Payment, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +93,45 @@ ITEMS = MessageItem.__table__
 INVOICES = Invoice.__table__
 PAYMENTS = Payment.__table__
 CUSTOMERS = Customer.__table__
+CASES = Case.__table__
 
 MAX_ATTEMPTS = 5
 SEND_FAILURES = (aiosmtplib.SMTPException, DeliveryError, OSError, TimeoutError)
+FLUSH_EVERY = 0.2  # seconds between result writes: bounds what a crash leaves in doubt
+FLUSH_SIZE = 100
+
+Clock = Callable[[], datetime]
 
 
 @dataclass
 class DeliveryReport:
-    """What one delivery did: counts of sent, suppressed and failed (by reason) messages.
-
-    `retrying` counts transient failures put back to 'planned' for the next delivery.
-    """
+    """What one delivery did. `retrying`: transient failures waiting for their backoff;
+    `deferred`: held back by a contact rule (quiet hours, cap); `in_doubt`: ids of messages
+    found in flight from a worker that stopped, now `unknown` and queued for an operator."""
 
     sent: int = 0
     suppressed: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
+    bounced: int = 0
     retrying: int = 0
+    deferred: dict[str, int] = field(default_factory=dict)
+    in_doubt: list[int] = field(default_factory=list)
+
+    def merge(self, other: DeliveryReport) -> None:
+        """Add another worker's report to this one."""
+        self.sent += other.sent
+        self.bounced += other.bounced
+        self.retrying += other.retrying
+        self.in_doubt += other.in_doubt
+        for mine, theirs in (
+            (self.suppressed, other.suppressed),
+            (self.failed, other.failed),
+            (self.deferred, other.deferred),
+        ):
+            _count(mine, [k for k, n in theirs.items() for _ in range(n)])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Transport(Protocol):
@@ -90,11 +156,11 @@ class MaildirTransport:
 
 
 class SmtpTransport:
-    """Sends through an SMTP server, each concurrent sender reusing its own connection.
+    """A pool of SMTP connections, one per concurrent sender, each reused from send to send.
 
     A connection found closed is reopened before the next email; one that failed mid-send is
-    closed, since its state is unknown. Failing to open a session (refused, timed out, login
-    rejected) raises DeliveryError: that is the server's or the settings' fault, not the
+    closed, since its state is unknown. Failing to open a session (refused, timed out, TLS or
+    login rejected) raises DeliveryError: the server's or the settings' fault, not the
     message's, so it counts as transient.
     """
 
@@ -102,6 +168,11 @@ class SmtpTransport:
         self._settings = settings
         self._clients: list[aiosmtplib.SMTP] = []
         self._idle: list[aiosmtplib.SMTP] = []
+        self._tls_context = (
+            ssl.create_default_context(cafile=str(settings.smtp_ca_file))
+            if settings.smtp_ca_file
+            else None
+        )
 
     async def send(self, email: EmailMessage) -> None:
         client = self._idle.pop() if self._idle else self._new_client()
@@ -131,7 +202,9 @@ class SmtpTransport:
             port=settings.smtp_port,
             username=settings.smtp_username,
             password=password,
-            start_tls=settings.smtp_starttls,
+            use_tls=settings.smtp_tls,
+            start_tls=False if settings.smtp_tls else settings.smtp_starttls,
+            tls_context=self._tls_context,
             timeout=settings.smtp_timeout,
         )
         self._clients.append(client)
@@ -140,12 +213,29 @@ class SmtpTransport:
     async def _connect(self, client: aiosmtplib.SMTP) -> None:
         try:
             await client.connect()
-        except aiosmtplib.SMTPException as exc:
+        except (aiosmtplib.SMTPException, ssl.SSLError) as exc:
             client.close()
             raise DeliveryError(
                 f"could not open an SMTP session with {client.hostname}:{client.port}: {exc}; "
-                "check COLLECTFLOW_SMTP_HOST, _PORT, _USERNAME, _PASSWORD and _STARTTLS"
+                "check COLLECTFLOW_SMTP_HOST, _PORT, _TLS, _STARTTLS, _USERNAME and _PASSWORD"
             ) from exc
+
+
+class RateLimit:
+    """Spaces the start of sends at least 1/rate seconds apart, across all senders."""
+
+    def __init__(self, per_second: float | None):
+        self._interval = 1.0 / per_second if per_second else 0.0
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        now = asyncio.get_running_loop().time()
+        start = max(now, self._next)
+        self._next = start + self._interval
+        if start > now:
+            await asyncio.sleep(start - now)
 
 
 def transport_for(settings: Settings) -> Transport:
@@ -155,99 +245,428 @@ def transport_for(settings: Settings) -> Transport:
     return MaildirTransport(settings.outbox)
 
 
+def worker_name() -> str:
+    """Who claims: host, process and a random tag, unique across restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
 def deliver_due(
-    engine: Engine, settings: Settings, as_of: date, batch_size: int = 200
+    engine: Engine,
+    settings: Settings,
+    as_of: date,
+    contact: Contact | None = None,
+    batch_size: int = 200,
+    now: datetime | None = None,
 ) -> DeliveryReport:
-    """Send every rendered message planned on or before `as_of` that is still owed.
+    """Send every rendered message planned on or before `as_of` that is due and still owed.
 
-    Safe to run again and from several workers at once: a message is claimed by one worker
-    before it is sent, and a sent message is never claimed again.
+    Safe to run again and from several workers at once. `contact` defaults to the policy's
+    contact rules; `now` (default: the clock) is when the delivery happens.
     """
-    sender_domain(settings)  # a bad From address stops the run before anything is claimed
-    report = DeliveryReport()
-    transport = transport_for(settings)
-    after = 0
-    with asyncio.Runner() as runner:
-        try:
-            while batch := _claim_batch(engine, as_of, after, batch_size, report):
-                after, claimed = batch
-                if claimed:
-                    _deliver_batch(engine, settings, runner, transport, claimed, as_of, report)
-        finally:
-            runner.run(transport.close())
-    return report
+    sender_domain(settings)  # bad mail settings stop the run before anything is claimed
+    unsubscribe_url(settings, "check")
+    contact = contact if contact is not None else load_policy(settings.policy).contact
+    clock: Clock = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
+    delivery = Delivery(engine, settings, as_of, contact, clock, worker_name())
+    delivery.report.in_doubt = recheck_expired_leases(engine, as_of, clock(), delivery.worker)
+    asyncio.run(delivery.run(batch_size))
+    return delivery.report
 
 
-def _claim_batch(
-    engine: Engine, as_of: date, after: int, batch_size: int, report: DeliveryReport
-) -> tuple[int, list[int]] | None:
-    """Suppress what is no longer owed among the next due messages, claim the rest.
+def deliver_with_workers(
+    settings: Settings, as_of: date, workers: int, batch_size: int = 200
+) -> DeliveryReport:
+    """Deliver with `workers` processes, each claiming its own batches, and add up their reports.
 
-    Returns the last id looked at and the claimed ids, or None when nothing is due past
-    `after`. The guarded UPDATEs (`status = 'planned'`) make a message claimable by one worker only;
-    on PostgreSQL, SKIP LOCKED also lets concurrent workers take different batches.
+    On PostgreSQL the workers claim and send in parallel (SKIP LOCKED); on SQLite they take
+    turns to claim, one writer at a time, and send in parallel.
+    """
+    if workers <= 1:
+        return _worker(settings, as_of, batch_size)
+    context = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited sockets
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(_worker, settings, as_of, batch_size) for _ in range(workers)]
+        reports = [future.result() for future in futures]
+    total = DeliveryReport()
+    for report in reports:
+        total.merge(report)
+    return total
+
+
+def _worker(settings: Settings, as_of: date, batch_size: int) -> DeliveryReport:
+    engine = make_engine(settings.database_url)
+    try:
+        return deliver_due(engine, settings, as_of, batch_size=batch_size)
+    finally:
+        engine.dispose()
+
+
+def recheck_expired_leases(engine: Engine, as_of: date, now: datetime, worker: str) -> list[int]:
+    """Move messages left `sending` past their lease to `unknown`, and queue their cases.
+
+    Their worker stopped between claiming and recording: each may or may not have reached
+    the mail server. Resending blindly could send twice, so they wait for an operator.
     """
     with engine.begin() as conn:
-        ids = list(
-            conn.scalars(
-                select(MESSAGES.c.id)
-                .where(_due(as_of), MESSAGES.c.id > after)
-                .order_by(MESSAGES.c.id)
-                .limit(batch_size)
-                .with_for_update(skip_locked=True)
+        take_write_lock(conn)
+        reason = literal("in flight when its worker stopped (lease expired): ") + func.coalesce(
+            MESSAGES.c.claimed_by, ""
+        )
+        ids = move(conn, MESSAGES.c.lease_until < now, SENDING, IN_DOUBT, reason, now, worker)
+        if ids:
+            log.warning("%d message(s) in doubt, queued for an operator: %s", len(ids), ids)
+            cases = select(MESSAGES.c.case_id, MESSAGES.c.customer_id).where(MESSAGES.c.id.in_(ids))
+            queue_cases(conn, cases.distinct(), "delivery_in_doubt", as_of)
+    return ids
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A claimed message, built and waiting for a sender."""
+
+    message_id: int
+    attempts: int
+    email: EmailMessage
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What happened to one claimed message, as it will be written back."""
+
+    message_id: int
+    status: str
+    reason: str | None = None
+    error: str | None = None
+    sent_at: datetime | None = None
+    message_id_header: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+class Delivery:
+    """One worker's delivery run: claims, sends and records until nothing is due."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        as_of: date,
+        contact: Contact,
+        clock: Clock,
+        worker: str,
+    ):
+        self.engine = engine
+        self.settings = settings
+        self.as_of = as_of
+        self.contact = contact
+        self.clock = clock
+        self.worker = worker
+        self.report = DeliveryReport()
+        self._pending: list[_Result] = []
+        self._flush = asyncio.Event()
+        self._unexpected: list[BaseException] = []
+
+    async def run(self, batch_size: int) -> None:
+        """Claim batches while anything is due, with senders and the recorder running along."""
+        transport = transport_for(self.settings)
+        queue: asyncio.Queue[_Job | None] = asyncio.Queue(batch_size)
+        concurrency = max(self.settings.smtp_concurrency, 1)
+        limit = RateLimit(self.settings.smtp_rate_per_second)
+        senders = [
+            asyncio.create_task(self._sender(queue, transport, limit)) for _ in range(concurrency)
+        ]
+        finished = asyncio.Event()
+        recorder = asyncio.create_task(self._recorder(finished))
+        try:
+            await self._produce(queue, batch_size)
+        finally:
+            for _ in senders:
+                await queue.put(None)
+            await asyncio.gather(*senders)
+            finished.set()
+            self._flush.set()
+            await recorder
+            await transport.close()
+        if self._unexpected:  # left `sending`: whether they went out is unknown; never resend
+            raise self._unexpected[0]
+
+    async def _produce(self, queue: asyncio.Queue[_Job | None], batch_size: int) -> None:
+        """Claim whenever the queue is half empty, only as much as fits: what is claimed and
+        not yet handed to a sender never exceeds one batch, which bounds a crash's doubt."""
+        after = 0
+        while True:
+            while queue.qsize() > batch_size // 2:
+                await asyncio.sleep(0.005)
+            batch = await asyncio.to_thread(self._claim, after, batch_size - queue.qsize())
+            if batch is None:
+                return
+            after, rows, roots = batch
+            for row in rows:
+                thread_root = roots.get(row["case_id"]) if row["kind"] == "reminder" else None
+                try:
+                    email = build_email(row, self.settings, thread_root)
+                except DeliveryError as exc:
+                    self._done(_Result(row["id"], FAILED, "invalid_address", str(exc)))
+                    continue
+                await queue.put(_Job(row["id"], row["attempts"], email))
+
+    async def _sender(
+        self, queue: asyncio.Queue[_Job | None], transport: Transport, limit: RateLimit
+    ) -> None:
+        while (job := await queue.get()) is not None:
+            await limit.wait()
+            try:
+                await transport.send(job.email)
+            except SEND_FAILURES as exc:
+                self._done(self._failure(job.message_id, exc, job.attempts))
+            except Exception as exc:  # a bug: record nothing, so the message ends in doubt
+                log.exception("message %s: unexpected error while sending", job.message_id)
+                self._unexpected.append(exc)
+            else:
+                header = str(job.email["Message-ID"])
+                self._done(_Result(job.message_id, SENT, None, None, self.clock(), header))
+
+    def _done(self, result: _Result) -> None:
+        self._pending.append(result)
+        if len(self._pending) >= FLUSH_SIZE:
+            self._flush.set()
+
+    async def _recorder(self, finished: asyncio.Event) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush.wait(), FLUSH_EVERY)
+            self._flush.clear()
+            results, self._pending = self._pending, []
+            if results:
+                await asyncio.to_thread(self._record, results)
+            if finished.is_set() and not self._pending:
+                return
+
+    def _failure(self, message_id: int, exc: BaseException, attempts: int) -> _Result:
+        """Bounced on a 5xx to the recipient or the data; else retried with backoff."""
+        if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+            exc = exc.recipients[0]
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and 500 <= exc.code < 600:
+            reason = f"smtp {exc.code} {exc.message}"
+            if isinstance(exc, aiosmtplib.SMTPSenderRefused):  # our From, not their address
+                return _Result(message_id, FAILED, "sender_refused: " + reason, reason)
+            log.warning("message %s bounced: %s", message_id, reason)
+            return _Result(message_id, BOUNCED, reason, reason)
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("message %s not delivered (attempt %s): %s", message_id, attempts, error)
+        if attempts >= MAX_ATTEMPTS:
+            return _Result(message_id, FAILED, "attempts_exhausted", error)
+        wait = min(
+            self.settings.delivery_retry_seconds * 2 ** (attempts - 1),
+            self.settings.delivery_retry_cap_seconds,
+        )
+        retry_at = self.clock() + timedelta(seconds=wait)
+        return _Result(message_id, PLANNED, "retrying", error, next_attempt_at=retry_at)
+
+    # --- database work, run in a thread ------------------------------------------------------
+
+    def _claim(self, after: int, size: int) -> tuple[int, list[Any], dict[int, str]] | None:
+        """Re-check and claim the next due messages after id `after`; None when none is due.
+
+        Returns the last id looked at, the claimed rows (ready to build emails from) and the
+        thread root of each of their cases.
+        """
+        now = self.clock()
+        with self.engine.begin() as conn:
+            take_write_lock(conn)
+            ids = list(
+                conn.scalars(
+                    select(MESSAGES.c.id)
+                    .where(_due(self.as_of, now), MESSAGES.c.id > after)
+                    .order_by(MESSAGES.c.id)
+                    .limit(size)
+                    .with_for_update(skip_locked=True)
+                )
             )
+            if not ids:
+                return None
+            _count(self.report.suppressed, self._suppress(conn, ids, now))
+            claimable = self._hold_back(conn, ids, now)
+            if not claimable:
+                return ids[-1], [], {}
+            claimed = move(
+                conn,
+                MESSAGES.c.id.in_(claimable),
+                PLANNED,
+                SENDING,
+                None,
+                now,
+                self.worker,
+                claimed_by=self.worker,
+                lease_until=now + timedelta(seconds=self.settings.delivery_lease_seconds),
+                attempts=MESSAGES.c.attempts + 1,
+            )
+            rows = conn.execute(_batch_rows(claimed)).mappings().all()
+            roots = _thread_roots(conn, {row["case_id"] for row in rows})
+        return ids[-1], list(rows), roots
+
+    def _suppress(self, conn: Connection, ids: Sequence[int], now: datetime) -> list[str]:
+        """Suppress what must not go out now, each for its reason; returns the reasons."""
+        candidates = MESSAGES.c.id.in_(ids)
+        do_not_contact = MESSAGES.c.customer_id.in_(
+            select(CUSTOMERS.c.customer_id).where(CUSTOMERS.c.do_not_contact)
         )
-        if not ids:
-            return None
-        _count(report.suppressed, _suppress(conn, ids, as_of))
-        claimed = conn.scalars(
-            update(MESSAGES)
-            .where(MESSAGES.c.id.in_(ids), MESSAGES.c.status == "planned")
-            .values(status="sending", attempts=MESSAGES.c.attempts + 1)
-            .returning(MESSAGES.c.id)
+        case_state = (
+            select(literal("case_") + CASES.c.status)
+            .where(CASES.c.id == MESSAGES.c.case_id)
+            .scalar_subquery()
         )
-        return ids[-1], sorted(claimed)
+        case_on_hold = MESSAGES.c.case_id.in_(
+            select(CASES.c.id).where(CASES.c.status.in_(PAUSED_STATES | CLOSED))
+        )
+        settled_reason = case(
+            (_items_owed(self.as_of, disputed=True), "disputed"), else_="paid_before_send"
+        )
+        rules: list[tuple[ColumnElement[bool], str | ColumnElement[str]]] = [
+            (and_(to_customer(), do_not_contact), "do_not_contact"),
+            (and_(to_customer(), opted_out()), "opted_out"),
+            (address_bounced(), "address_bounced"),
+            (and_(to_customer(), case_on_hold), case_state),
+            (~_items_owed(self.as_of, disputed=False), settled_reason),
+        ]
+        reasons: list[str] = []
+        for condition, reason in rules:
+            where = and_(candidates, condition)
+            moved = move(conn, where, PLANNED, SUPPRESSED, reason, now, self.worker)
+            if moved:
+                reasons += conn.scalars(
+                    select(MESSAGES.c.status_reason).where(MESSAGES.c.id.in_(moved))
+                ).all()
+        return reasons
+
+    def _hold_back(self, conn: Connection, ids: Sequence[int], now: datetime) -> list[int]:
+        """The ids that may be claimed now; counts the ones the cap holds back, and defers the
+        ones outside their quiet-hours window to the window's next opening."""
+        wait = must_wait(list(ids), self.as_of, self.contact.cap).label("wait")
+        rows = conn.execute(
+            select(MESSAGES.c.id, MESSAGES.c.kind, CUSTOMERS.c.timezone, wait)
+            .select_from(
+                MESSAGES.outerjoin(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
+            )
+            .where(MESSAGES.c.id.in_(ids), MESSAGES.c.status == PLANNED)
+        ).mappings()
+        ready = []
+        for row in rows:
+            if row["wait"]:
+                _count(self.report.deferred, [row["wait"]])
+            else:
+                ready.append(row)
+        quiet = quiet_deferrals(ready, now, self.contact.quiet_hours)
+        by_opening: dict[datetime, list[int]] = {}
+        for message_id, opens in quiet.items():
+            by_opening.setdefault(opens, []).append(message_id)
+        for opens, ids_then in by_opening.items():  # one UPDATE per timezone, in effect
+            move(conn, MESSAGES.c.id.in_(ids_then), PLANNED, PLANNED, "quiet_hours", now,
+                 self.worker, not_before=opens)  # fmt: skip
+        _count(self.report.deferred, ["quiet_hours"] * len(quiet))
+        return [row["id"] for row in ready if row["id"] not in quiet]
+
+    def _record(self, results: list[_Result]) -> None:
+        """Write a group of results in one transaction, and their side effects.
+
+        Only messages this worker still holds are written (`sending`, or `unknown` if another
+        worker judged the lease expired: then the result settles the doubt).
+        """
+        now = self.clock()
+        by_id = {result.message_id: result for result in results}
+        with self.engine.begin() as conn:
+            take_write_lock(conn)
+            held = conn.execute(
+                select(MESSAGES.c.id, MESSAGES.c.status)
+                .where(
+                    MESSAGES.c.id.in_(by_id),
+                    MESSAGES.c.claimed_by == self.worker,
+                    MESSAGES.c.status.in_((SENDING, IN_DOUBT)),
+                )
+                .with_for_update()
+            ).all()
+            lost = set(by_id) - {mid for mid, _ in held}
+            if lost:  # settled by an operator meanwhile: the log keeps what happened
+                log.warning("results for %s not recorded: no longer held by us", sorted(lost))
+            if not held:
+                return
+            conn.execute(_RESULT_UPDATE, [self._params(by_id[mid]) for mid, _ in held])
+            log_moves(
+                conn,
+                [(mid, old, by_id[mid].status, by_id[mid].reason) for mid, old in held],
+                now,
+                self.worker,
+            )
+            bounced = [mid for mid, _ in held if by_id[mid].status == BOUNCED]
+            if bounced:
+                self._bounce(conn, bounced, now)
+        for mid, _ in held:
+            self._tally(by_id[mid])
+
+    def _params(self, result: _Result) -> dict[str, Any]:
+        done = result.status in (SENT, FAILED, BOUNCED)
+        return {
+            "b_id": result.message_id,
+            "b_status": result.status,
+            "b_reason": result.reason if result.status != SENT else None,
+            "b_error": result.error,
+            "b_sent_at": result.sent_at,
+            "b_sent_on": self.as_of if result.status == SENT else None,
+            "b_header": result.message_id_header,
+            "b_next": result.next_attempt_at,
+            "b_claimed_by": self.worker if done else None,
+        }
+
+    def _bounce(self, conn: Connection, ids: list[int], now: datetime) -> None:
+        """Block the bounced addresses and put their cases in the operator queue."""
+        addresses = conn.scalars(select(MESSAGES.c.to_address).where(MESSAGES.c.id.in_(ids)))
+        block(conn, "address", addresses, "bounced", "permanent SMTP failure", now)
+        cases = select(MESSAGES.c.case_id, MESSAGES.c.customer_id).where(MESSAGES.c.id.in_(ids))
+        queue_cases(conn, cases.distinct(), "bounced", self.as_of)
+
+    def _tally(self, result: _Result) -> None:
+        if result.status == SENT:
+            self.report.sent += 1
+        elif result.status == PLANNED:
+            self.report.retrying += 1
+        elif result.status == BOUNCED:
+            self.report.bounced += 1
+        else:
+            _count(self.report.failed, [str(result.reason).split(":")[0]])
 
 
-def _due(as_of: date) -> ColumnElement[bool]:
+_RESULT_UPDATE = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        status_reason=bindparam("b_reason"),
+        last_error=func.coalesce(bindparam("b_error", type_=String), MESSAGES.c.last_error),
+        sent_at=bindparam("b_sent_at", type_=MESSAGES.c.sent_at.type),
+        sent_on=bindparam("b_sent_on", type_=MESSAGES.c.sent_on.type),
+        message_id_header=func.coalesce(
+            bindparam("b_header", type_=String), MESSAGES.c.message_id_header
+        ),
+        next_attempt_at=bindparam("b_next", type_=MESSAGES.c.next_attempt_at.type),
+        claimed_by=bindparam("b_claimed_by", type_=String),
+        lease_until=None,
+    )
+)
+
+
+def _due(as_of: date, now: datetime) -> ColumnElement[bool]:
     return and_(
-        MESSAGES.c.status == "planned",
+        MESSAGES.c.status == PLANNED,
         MESSAGES.c.subject.is_not(None),
         MESSAGES.c.planned_on <= as_of,
+        or_(MESSAGES.c.not_before.is_(None), MESSAGES.c.not_before <= now),
+        or_(MESSAGES.c.next_attempt_at.is_(None), MESSAGES.c.next_attempt_at <= now),
     )
-
-
-def _suppress(conn: Connection, ids: Sequence[int], as_of: date) -> list[str]:
-    """Mark messages that must not go out as 'suppressed'; returns their reasons."""
-    candidates = and_(MESSAGES.c.id.in_(ids), MESSAGES.c.status == "planned")
-    do_not_contact = MESSAGES.c.customer_id.in_(
-        select(CUSTOMERS.c.customer_id).where(CUSTOMERS.c.do_not_contact)
-    )
-    opted_out = conn.scalars(
-        update(MESSAGES)
-        .where(candidates, MESSAGES.c.kind != "internal", do_not_contact)
-        .values(status="suppressed", status_reason="do_not_contact")
-        .returning(MESSAGES.c.status_reason)
-    )
-    reasons = list(opted_out)
-    settled = conn.scalars(
-        update(MESSAGES)
-        .where(candidates, ~_items_owed(as_of, disputed=False))
-        .values(
-            status="suppressed",
-            status_reason=case(
-                (_items_owed(as_of, disputed=True), "disputed"), else_="paid_before_send"
-            ),
-        )
-        .returning(MESSAGES.c.status_reason)
-    )
-    return reasons + list(settled)
 
 
 def _items_owed(as_of: date, disputed: bool) -> Exists:
     """Whether the message (correlated) asks for an invoice still owed as of `as_of`.
 
-    A reminder's items are its own; an internal message's are those of its whole case.
+    A customer message's items are its own; an internal message's are those of its case.
     `disputed` picks owed invoices under dispute, or else the ones a reminder may ask for.
     """
     source = MESSAGES.alias("item_source")
@@ -284,58 +703,7 @@ def _settled(as_of: date) -> ColumnElement[Any]:
     )
 
 
-@dataclass(frozen=True)
-class _Result:
-    """What happened to one claimed message, as it will be written back."""
-
-    message_id: int
-    status: str
-    reason: str | None = None
-    error: str | None = None
-    sent_at: datetime | None = None
-    sent_on: date | None = None
-    message_id_header: str | None = None
-
-
-def _deliver_batch(
-    engine: Engine,
-    settings: Settings,
-    runner: asyncio.Runner,
-    transport: Transport,
-    claimed: list[int],
-    as_of: date,
-    report: DeliveryReport,
-) -> None:
-    """Build, send and record one claimed batch; DB work stays outside the event loop."""
-    with engine.connect() as conn:
-        rows = conn.execute(_batch_rows(claimed)).mappings().all()
-        roots = _thread_roots(conn, {row["case_id"] for row in rows})
-    emails: dict[int, EmailMessage] = {}
-    results: list[_Result] = []
-    for row in rows:
-        thread_root = roots.get(row["case_id"]) if row["kind"] == "reminder" else None
-        try:
-            emails[row["id"]] = build_email(row, settings, thread_root)
-        except DeliveryError as exc:
-            results.append(_Result(row["id"], "failed", reason="invalid_address", error=str(exc)))
-    outcomes = runner.run(_send_all(transport, emails, settings.smtp_concurrency))
-    attempts = {row["id"]: row["attempts"] for row in rows}
-    unexpected = [exc for exc in outcomes.values() if _is_unexpected(exc)]
-    results += [
-        _result(message_id, outcome, emails[message_id], attempts[message_id], as_of)
-        for message_id, outcome in outcomes.items()
-        if not _is_unexpected(outcome)
-    ]
-    _record(engine, results, report)
-    if unexpected:  # left 'sending': whether they went out is unknown, never resend blindly
-        raise unexpected[0]
-
-
-def _is_unexpected(outcome: datetime | BaseException) -> bool:
-    return isinstance(outcome, BaseException) and not isinstance(outcome, SEND_FAILURES)
-
-
-def _batch_rows(claimed: list[int]) -> Select[Any]:
+def _batch_rows(claimed: list[int]) -> Any:
     return (
         select(
             MESSAGES.c.id,
@@ -361,106 +729,24 @@ def _batch_rows(claimed: list[int]) -> Select[Any]:
 
 def _thread_roots(conn: Connection, case_ids: set[int]) -> dict[int, str]:
     """Per case, the Message-ID of its earliest sent reminder: what later stages reply to."""
-    rows = conn.execute(
+    if not case_ids:
+        return {}
+    rows: Sequence[Row[Any]] = conn.execute(
         select(MESSAGES.c.case_id, MESSAGES.c.message_id_header)
         .where(
             MESSAGES.c.case_id.in_(case_ids),
             MESSAGES.c.kind == "reminder",
-            MESSAGES.c.status == "sent",
+            MESSAGES.c.status == SENT,
             MESSAGES.c.message_id_header.is_not(None),
         )
         .order_by(MESSAGES.c.sent_at, MESSAGES.c.id)
-    )
+    ).all()
     roots: dict[int, str] = {}
     for case_id, message_id_header in rows:
         roots.setdefault(case_id, message_id_header)
     return roots
 
 
-async def _send_all(
-    transport: Transport, emails: Mapping[int, EmailMessage], concurrency: int
-) -> dict[int, datetime | BaseException]:
-    """Send concurrently, at most `concurrency` at a time; per message, when or why not."""
-    gate = asyncio.Semaphore(max(concurrency, 1))
-
-    async def send(email: EmailMessage) -> datetime:
-        async with gate:
-            await transport.send(email)
-            return datetime.now(UTC)
-
-    outcomes = await asyncio.gather(*map(send, emails.values()), return_exceptions=True)
-    return dict(zip(emails, outcomes, strict=True))
-
-
-def _result(
-    message_id: int,
-    outcome: datetime | BaseException,
-    email: EmailMessage,
-    attempts: int,
-    as_of: date,
-) -> _Result:
-    """Sent, or failed for good on a 5xx answer, or else retried up to MAX_ATTEMPTS."""
-    if isinstance(outcome, datetime):
-        return _Result(
-            message_id,
-            "sent",
-            sent_at=outcome,
-            sent_on=as_of,
-            message_id_header=str(email["Message-ID"]),
-        )
-    exc = outcome
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
-        exc = exc.recipients[0]
-    if isinstance(exc, aiosmtplib.SMTPResponseException) and 500 <= exc.code < 600:
-        reason = f"smtp_5xx: {exc.code} {exc.message}"
-        log.warning("message %s refused: %s", message_id, reason)
-        return _Result(message_id, "failed", reason=reason, error=reason)
-    error = f"{type(exc).__name__}: {exc}"
-    log.warning("message %s not delivered (attempt %s): %s", message_id, attempts, error)
-    if attempts >= MAX_ATTEMPTS:
-        return _Result(message_id, "failed", reason="attempts_exhausted", error=error)
-    return _Result(message_id, "planned", error=error)
-
-
-def _record(engine: Engine, results: list[_Result], report: DeliveryReport) -> None:
-    """Write every result of a batch in one transaction and count them in `report`."""
-    if not results:
-        return
-    statement = (
-        update(MESSAGES)
-        .where(MESSAGES.c.id == bindparam("b_id"), MESSAGES.c.status == "sending")
-        .values(
-            status=bindparam("b_status"),
-            status_reason=bindparam("b_reason"),
-            last_error=func.coalesce(bindparam("b_error", type_=String), MESSAGES.c.last_error),
-            sent_at=bindparam("b_sent_at"),
-            sent_on=bindparam("b_sent_on"),
-            message_id_header=bindparam("b_message_id_header"),
-        )
-    )
-    with engine.begin() as conn:
-        conn.execute(statement, [_params(result) for result in results])
-    for result in results:
-        if result.status == "sent":
-            report.sent += 1
-        elif result.status == "planned":
-            report.retrying += 1
-        else:
-            _count(report.failed, [str(result.reason).split(":")[0]])
-
-
-def _params(result: _Result) -> dict[str, Any]:
-    return {
-        "b_id": result.message_id,
-        "b_status": result.status,
-        "b_reason": result.reason,
-        "b_error": result.error,
-        "b_sent_at": result.sent_at,
-        "b_sent_on": result.sent_on,
-        "b_message_id_header": result.message_id_header,
-    }
-
-
-def _count(counts: dict[str, int], reasons: list[str]) -> None:
+def _count(counts: dict[str, int], reasons: Sequence[str]) -> None:
     for reason in reasons:
         counts[reason] = counts.get(reason, 0) + 1

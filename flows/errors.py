@@ -7,6 +7,10 @@ class CollectflowError(Exception):
     """Base of every error Collectflow raises on purpose."""
 
 
+class BadUsage(CollectflowError):
+    """Command-line options that don't go together (exit code 2, like any bad input)."""
+
+
 class ConfigError(CollectflowError):
     """Settings are missing or invalid (environment, `.env`)."""
 

@@ -1,20 +1,19 @@
 """Step 6, escalate: cases still owing after the last stage and its grace period go to people.
 
 Per ladder, the policy lists the steps: `operator_queue` (a queue item with the reason) and
-`account_manager` (an internal email with the case summary, when the customer has one).
+`account_manager` (an internal email with the case summary, when the customer has one), then
+`suspension`, `agency` and `write_off` (flows/escalation_steps.py).
 Disputed invoices also put their case in the queue, since a dispute needs a person, not a
 reminder. Each step happens once per case: queue items and messages have unique keys.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Select,
     String,
     and_,
     cast,
@@ -23,10 +22,12 @@ from sqlalchemy import (
     insert,
     literal,
     select,
-    update,
 )
 
+from flows.escalation_steps import run_later_steps
 from flows.events import record_events
+from flows.lifecycle import ACTIVE, ESCALATED, transition
+from flows.operator_queue import queue_cases
 from flows.plan import MESSAGE_COLUMNS
 from flows.policy import Ladder, Policy
 from models import (
@@ -35,7 +36,6 @@ from models import (
     InvoiceBalance,
     Message,
     MessageItem,
-    QueueItem,
     days_between,
     insert_ignoring_conflicts,
 )
@@ -45,7 +45,6 @@ CUSTOMERS = Customer.__table__
 BALANCES = InvoiceBalance.__table__
 MESSAGES = Message.__table__
 ITEMS = MessageItem.__table__
-QUEUE = QueueItem.__table__
 
 OPEN = CASES.c.closed_on.is_(None)
 ESCALATION_TEMPLATE = "escalation"
@@ -53,11 +52,13 @@ ESCALATION_TEMPLATE = "escalation"
 
 @dataclass(frozen=True)
 class EscalationReport:
-    """Cases escalated today, account managers told, cases queued for a dispute."""
+    """Cases escalated today, account managers told, cases queued for a dispute, and the
+    further steps done (suspension, agency, write_off: cases per step)."""
 
     escalated: int
     account_manager_emails: int
     disputes_queued: int
+    steps: dict[str, int] = field(default_factory=dict)
 
 
 def escalate(conn: Connection, policy: Policy, as_of: date) -> EscalationReport:
@@ -73,6 +74,7 @@ def escalate(conn: Connection, policy: Policy, as_of: date) -> EscalationReport:
         escalated=escalated,
         account_manager_emails=emails,
         disputes_queued=queue_disputes(conn, as_of),
+        steps=run_later_steps(conn, policy, as_of),
     )
 
 
@@ -80,35 +82,25 @@ def escalate_ladder(conn: Connection, name: str, ladder: Ladder, as_of: date) ->
     """Escalate the open cases of one ladder that are done with its last stage and grace."""
     due = and_(
         OPEN,
-        CASES.c.status == "open",
+        CASES.c.status.in_(ACTIVE),
         CASES.c.ladder == name,
         CASES.c.stage_index == len(ladder.stages) - 1,
         days_between(as_of, CASES.c.last_stage_on) >= ladder.escalation.grace_days,
     )
-    record_events(conn, select(CASES.c.id).where(due), "escalated", as_of, {"ladder": name})
-    escalated = conn.execute(
-        update(CASES).where(due).values(status="escalated", escalated_on=as_of)
-    ).rowcount
+    escalated = transition(
+        conn,
+        select(CASES.c.id).where(due),
+        ESCALATED,
+        as_of,
+        "escalated",
+        why="the ladder's last stage and grace period passed with money still owed",
+        data={"ladder": name},
+        values={"escalated_on": as_of},
+    )
     if "operator_queue" in ladder.escalation.steps:
         today = and_(OPEN, CASES.c.ladder == name, CASES.c.escalated_on == as_of)
         queue_cases(conn, select(CASES.c.id, CASES.c.customer_id).where(today), "escalated", as_of)
     return escalated
-
-
-def queue_cases(conn: Connection, cases: Select[Any], reason: str, as_of: date) -> int:
-    """Put the selected (case id, customer id) rows in the operator queue, once per reason."""
-    selected = cases.subquery()
-    source = select(
-        selected.c[0], selected.c[1], literal(reason), literal(as_of, QUEUE.c.created_on.type)
-    )
-    statement = insert_ignoring_conflicts(
-        conn.dialect.name,
-        QUEUE,
-        ["case_id", "reason"],
-        ["case_id", "customer_id", "reason", "created_on"],
-        source,
-    )
-    return conn.execute(statement).rowcount
 
 
 def plan_account_manager_emails(conn: Connection, as_of: date, ladders: list[str]) -> int:

@@ -23,6 +23,7 @@ from flows.assess import AssessReport, assess
 from flows.config import Settings
 from flows.deliver import DeliveryReport, deliver_due
 from flows.escalate import EscalationReport, escalate
+from flows.escalation_steps import HandoffReport, deliver_handoffs
 from flows.outcomes import OutcomeReport, record_outcomes
 from flows.plan import PlanReport, plan
 from flows.policy import Policy, load_policy
@@ -104,6 +105,8 @@ def run_day(
     assessed = call(assess_step, ctx, as_of)
     planned = call(plan_step, ctx, as_of)
     escalated = call(escalate_step, ctx, as_of)
+    if not ctx.dry_run:
+        call(handoff_step, ctx, as_of)
     rendered = call(render_step, ctx, as_of)
     delivered = None
     if not (ctx.dry_run or skip_delivery):
@@ -172,6 +175,11 @@ def escalate_step(ctx: RunContext, as_of: date) -> EscalationReport:
         return escalate(conn, ctx.policy, as_of)
 
 
+def handoff_step(ctx: RunContext, as_of: date) -> HandoffReport:
+    """Send suspension signals and export agency hand-offs recorded by escalation."""
+    return deliver_handoffs(ctx.engine, ctx.settings, as_of)
+
+
 def render_step(ctx: RunContext, as_of: date) -> int:
     """Render every planned message not rendered yet."""
     with ctx.connection() as conn:
@@ -180,7 +188,7 @@ def render_step(ctx: RunContext, as_of: date) -> int:
 
 def deliver_step(ctx: RunContext, as_of: date) -> DeliveryReport:
     """Send what is rendered and due (never in a dry run)."""
-    return deliver_due(ctx.engine, ctx.settings, as_of)
+    return deliver_due(ctx.engine, ctx.settings, as_of, ctx.policy.contact)
 
 
 def outcomes_step(ctx: RunContext, as_of: date) -> OutcomeReport:

@@ -35,7 +35,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import ColumnElement, Subquery
 
+from flows.business_days import days_elapsed, fill_calendar
+from flows.contact import apply_contact_rules
+from flows.diagnose import diagnose_planned
 from flows.events import json_detail, record_events
+from flows.experiments import assign_stage_experiments
+from flows.lifecycle import ACTIVE, REMINDING, RESOLVED, transition
+from flows.lifecycle import OPEN as OPEN_STATE
+from flows.pauses import review_pauses
 from flows.policy import Policy
 from models import (
     Case,
@@ -86,13 +93,18 @@ class PlanReport:
 def plan(conn: Connection, policy: Policy, as_of: date) -> PlanReport:
     """Bring cases up to date with the ledger as of `as_of` and plan the stages now due."""
     sync_ladders(conn, policy)
+    fill_calendar(conn, policy, as_of)  # business days per country, for offsets that count them
+    review_pauses(conn, policy, as_of)
     resolved = resolve_settled_cases(conn, as_of)
     opened = open_cases(conn, policy, as_of)
     skipped = skip_stale_pre_due(conn, as_of)
     planned = plan_next_stages(conn, as_of)
     add_message_items(conn, as_of)
+    diagnose_planned(conn, policy, as_of)  # cause and template of each message (step 2)
     advance_cases(conn, as_of)
     suppress_uncontactable(conn, as_of)
+    apply_contact_rules(conn, policy, as_of)  # opt-outs, bounces, quiet hours (contact.py)
+    assign_stage_experiments(conn, policy, as_of)  # variants and holdouts (experiments.py)
     return PlanReport(opened=opened, resolved=resolved, skipped_pre_due=skipped, planned=planned)
 
 
@@ -111,6 +123,7 @@ def sync_ladders(conn: Connection, policy: Policy) -> None:
                 "min_gap_days": ladder.min_gap_days,
                 "is_last": index == last,
                 "grace_days": ladder.escalation.grace_days,
+                "business_days": ladder.business_days,
             }
             for index, stage in enumerate(ladder.stages)
         )
@@ -139,9 +152,15 @@ def owes_in_scope(
 def resolve_settled_cases(conn: Connection, as_of: date) -> int:
     """Close open cases whose customer no longer owes anything the ladder covers."""
     settled = and_(OPEN, not_(owes_in_scope(as_of, CASES.c.customer_id, CASES.c.ladder, False)))
-    record_events(conn, select(CASES.c.id).where(settled), "resolved", as_of)
-    result = conn.execute(update(CASES).where(settled).values(status="resolved", closed_on=as_of))
-    return result.rowcount
+    return transition(
+        conn,
+        select(CASES.c.id).where(settled),
+        RESOLVED,
+        as_of,
+        "resolved",
+        why="nothing owed any more",
+        values={"closed_on": as_of},
+    )
 
 
 def open_cases(conn: Connection, policy: Policy, as_of: date) -> int:
@@ -154,7 +173,7 @@ def open_cases(conn: Connection, policy: Policy, as_of: date) -> int:
     has_open_case = exists().where(CASES.c.customer_id == CUSTOMERS.c.customer_id, OPEN)
     source = select(
         CUSTOMERS.c.customer_id,
-        literal("open"),
+        literal(OPEN_STATE),
         func.coalesce(CUSTOMERS.c.segment, policy.segments[-1].name),
         ladder,
         literal(-1),
@@ -192,11 +211,12 @@ def skip_stale_pre_due(conn: Connection, as_of: date) -> int:
         .where(STAGES.c.ladder == CASES.c.ladder, STAGES.c.offset_days < 0)
         .scalar_subquery()
     )
-    anchor = anchors()
-    overdue = exists().where(
-        anchor.c.customer_id == CASES.c.customer_id, anchor.c.anchor_due < as_of
+    overdue = exists().where(  # the oldest remindable invoice is past due
+        BALANCES.c.customer_id == CASES.c.customer_id,
+        BALANCES.c.remindable,
+        BALANCES.c.due_on < as_of,
     )
-    stale = and_(OPEN, CASES.c.status == "open", CASES.c.stage_index < last_pre_due, overdue)
+    stale = and_(OPEN, CASES.c.status.in_(ACTIVE), CASES.c.stage_index < last_pre_due, overdue)
     record_events(conn, select(CASES.c.id).where(stale), "pre_due_skipped", as_of)
     result = conn.execute(update(CASES).where(stale).values(stage_index=last_pre_due))
     return result.rowcount
@@ -206,9 +226,12 @@ def plan_next_stages(conn: Connection, as_of: date) -> int:
     """Insert one planned message per open case whose next stage is due today."""
     anchor = anchors()
     gap_ok = or_(
+        CASES.c.fast_track,
         CASES.c.last_stage_on.is_(None),
         days_between(as_of, CASES.c.last_stage_on) >= STAGES.c.min_gap_days,
     )
+    elapsed = days_elapsed(as_of, anchor.c.anchor_due, CUSTOMERS.c.country, STAGES.c.business_days)
+    offset_reached = elapsed >= STAGES.c.offset_days
     key = literal("case:") + cast(CASES.c.id, String) + literal(":") + STAGES.c.stage
     source = (
         select(
@@ -237,8 +260,8 @@ def plan_next_stages(conn: Connection, as_of: date) -> int:
         )
         .where(
             OPEN,
-            CASES.c.status == "open",
-            days_between(as_of, anchor.c.anchor_due) >= STAGES.c.offset_days,
+            CASES.c.status.in_(ACTIVE),
+            or_(CASES.c.fast_track, offset_reached),
             gap_ok,
         )
     )
@@ -299,8 +322,16 @@ def advance_cases(conn: Connection, as_of: date) -> None:
     conn.execute(
         update(CASES)
         .where(planned)
-        .values(stage_index=MESSAGES.c.stage_index, stage=MESSAGES.c.stage, last_stage_on=as_of)
+        .values(
+            stage_index=MESSAGES.c.stage_index,
+            stage=MESSAGES.c.stage,
+            last_stage_on=as_of,
+            fast_track=False,
+        )
     )
+    first_stage = and_(OPEN, CASES.c.status == OPEN_STATE, CASES.c.last_stage_on == as_of)
+    reminding = select(CASES.c.id).where(first_stage)
+    transition(conn, reminding, REMINDING, as_of, "reminding", why="first stage planned")
 
 
 def suppress_uncontactable(conn: Connection, as_of: date) -> int:

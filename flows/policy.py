@@ -16,7 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import Table, and_, not_, or_, true
 from sqlalchemy.sql.expression import ColumnElement
 
+from flows.case_policy import Pauses
+from flows.contact_policy import Contact
+from flows.diagnosis_policy import Diagnosis, Outage
 from flows.errors import PolicyError
+from flows.measurement_policy import Measurement
 
 FEATURES: dict[str, str] = {
     "invoices_issued": "invoices issued in the trailing window (count)",
@@ -31,9 +35,17 @@ FEATURES: dict[str, str] = {
     "failed_payments_30d": "failed payment attempts in the last failed_payment_days (count)",
     "disputes": "invoices currently disputed (count)",
     "tenure_days": "days since the customer's first invoice (days)",
+    "p90_days_late": "90th percentile (nearest rank) of days past due at payment over paid "
+    "invoices (days, 0 when on time; empty when nothing was paid yet)",
+    "failed_technical_30d": "of failed_payments_30d, those failing for a technical reason "
+    "(gateway error, timeout, processing error) (count)",
+    "failed_customer_30d": "of failed_payments_30d, those failing for a customer reason "
+    "(declined, insufficient funds, expired card) (count)",
+    "broken_promises": "promises to pay broken in the trailing window (count)",
 }
 OPERATORS = ("gte", "gt", "lte", "lt", "eq", "ne")
-STEPS = ("operator_queue", "account_manager")
+STEPS = ("operator_queue", "account_manager", "suspension", "agency", "write_off")
+StepName = Literal["operator_queue", "account_manager", "suspension", "agency", "write_off"]
 
 NonNegative = Annotated[int, Field(ge=0)]
 
@@ -48,19 +60,45 @@ class Stage(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_]+$")
     offset_days: int
     template: str = Field(pattern=r"^[a-z0-9_]+$")
+    variants: list[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]] = Field(
+        default_factory=list, description="other templates tried against `template` (see docs)"
+    )
+    holdout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    experiment: str | None = Field(
+        default=None, pattern=r"^[a-z0-9_.:-]+$", description="default: <ladder>.<stage>"
+    )
+
+    @model_validator(mode="after")
+    def _distinct_arms(self) -> Stage:
+        arms = [self.template, *self.variants]
+        if len(arms) != len(set(arms)):
+            raise ValueError("variants must differ from each other and from `template`")
+        return self
 
 
 class Escalation(_Strict):
     """What happens when the last stage is `grace_days` old and money is still owed."""
 
     grace_days: NonNegative = 7
-    steps: list[Literal["operator_queue", "account_manager"]] = ["operator_queue"]
+    steps: list[StepName] = ["operator_queue"]
+    after_days: dict[StepName, NonNegative] = Field(
+        default_factory=dict, description="days after escalation before a step runs (default 0)"
+    )
+
+    @model_validator(mode="after")
+    def _delays_name_steps(self) -> Escalation:
+        unknown = set(self.after_days) - set(self.steps)
+        if unknown:
+            raise ValueError(f"after_days names steps not in steps: {', '.join(sorted(unknown))}")
+        return self
 
 
 class Ladder(_Strict):
-    """Stages in order, at least `min_gap_days` apart even when catching up."""
+    """Stages in order, at least `min_gap_days` apart even when catching up. With
+    `business_days`, stage offsets count business days in the customer's country."""
 
     min_gap_days: Annotated[int, Field(ge=1)] = 3
+    business_days: bool = False
     stages: Annotated[list[Stage], Field(min_length=1)]
     escalation: Escalation = Escalation()
 
@@ -115,6 +153,11 @@ class Policy(_Strict):
     ladders: dict[str, Ladder]
     attribution_window_days: Annotated[int, Field(ge=1)] = 14
     sender: Sender = Sender()
+    diagnosis: Diagnosis = Diagnosis()
+    pauses: Pauses = Pauses()
+    outage: Outage = Outage()
+    contact: Contact = Contact()
+    measurement: Measurement = Measurement()
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -138,8 +181,14 @@ class Policy(_Strict):
         return next(segment for segment in self.segments if segment.name == name)
 
     def templates(self) -> set[str]:
-        """Every template a ladder names (checked against templates/ at startup)."""
-        return {stage.template for ladder in self.ladders.values() for stage in ladder.stages}
+        """Every template a ladder or a diagnosed cause names (checked at startup)."""
+        ladders = {
+            template
+            for ladder in self.ladders.values()
+            for stage in ladder.stages
+            for template in (stage.template, *stage.variants)
+        }
+        return ladders | set(self.diagnosis.templates.model_dump().values())
 
 
 def check_condition(condition: Any, path: str) -> None:

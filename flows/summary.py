@@ -40,6 +40,7 @@ class DaySummary:
     notes: list[str] = field(default_factory=list)
 
     skipped: bool = False
+    causes: dict[str, int] = field(default_factory=dict)  # reminders new this run, by cause
 
     @property
     def nothing_new(self) -> bool:
@@ -100,6 +101,7 @@ def summarize_day(
         disputes_queued=escalated.disputes_queued,
         outcomes=outcomes.outcomes,
         already_planned_today=earlier,
+        causes=causes_of_new_reminders(conn, first_new_id),
     )
     if summary.nothing_new:
         summary.notes.append(
@@ -139,3 +141,13 @@ def skipped_day(as_of: date, latest: date, dry_run: bool) -> DaySummary:
         ],
         skipped=True,
     )
+
+
+def causes_of_new_reminders(conn: Connection, first_new_id: int) -> dict[str, int]:
+    """Reminders planned by this run per diagnosed cause (see flows/diagnose.py)."""
+    rows = conn.execute(
+        select(MESSAGES.c.cause, func.count())
+        .where(MESSAGES.c.id >= first_new_id, MESSAGES.c.kind == "reminder")
+        .group_by(MESSAGES.c.cause)
+    ).all()
+    return {cause or "undiagnosed": count for cause, count in rows}

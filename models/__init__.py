@@ -2,10 +2,12 @@
 
 from models.db import drop_db, init_db, make_engine
 from models.money import Money, MoneyPrecisionError
-from models.sql import days_between, insert_ignoring_conflicts
+from models.sql import days_between, insert_ignoring_conflicts, json_object
 from models.tables import (
+    BusinessDay,
     Case,
     CaseEvent,
+    ContactBlock,
     Customer,
     CustomerFeatures,
     Dispute,
@@ -14,6 +16,7 @@ from models.tables import (
     InvoiceBalance,
     LadderStage,
     Message,
+    MessageEvent,
     MessageItem,
     OutageWindow,
     Outcome,
@@ -26,8 +29,10 @@ from models.tables import (
 )
 
 __all__ = [
+    "BusinessDay",
     "Case",
     "CaseEvent",
+    "ContactBlock",
     "Customer",
     "CustomerFeatures",
     "Dispute",
@@ -36,6 +41,7 @@ __all__ = [
     "InvoiceBalance",
     "LadderStage",
     "Message",
+    "MessageEvent",
     "MessageItem",
     "Money",
     "MoneyPrecisionError",
@@ -51,5 +57,6 @@ __all__ = [
     "drop_db",
     "init_db",
     "insert_ignoring_conflicts",
+    "json_object",
     "make_engine",
 ]

@@ -50,3 +50,20 @@ def insert_ignoring_conflicts(
         .from_select(columns, source.where(true()))
         .on_conflict_do_nothing(index_elements=index_elements)
     )
+
+
+class json_object(FunctionElement[str]):
+    """A JSON object text built in SQL from alternating key and value expressions."""
+
+    inherit_cache = True
+    name = "json_object"
+
+
+@compiles(json_object, "sqlite")
+def _json_object_sqlite(element: json_object, compiler: Any, **kw: Any) -> str:
+    return f"json_object({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(json_object, "postgresql")
+def _json_object_postgresql(element: json_object, compiler: Any, **kw: Any) -> str:
+    return f"CAST(json_build_object({compiler.process(element.clauses, **kw)}) AS TEXT)"

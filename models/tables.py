@@ -188,7 +188,7 @@ class Message(SQLModel, table=True):
     key: str = Field(unique=True, max_length=128, description="idempotency key")
     case_id: int = Field(foreign_key="cases.id")
     customer_id: str = Field(max_length=64)
-    kind: str = Field(default="reminder", max_length=16, description="reminder|internal")
+    kind: str = Field(default="reminder", max_length=16, description="reminder|internal|campaign")
     stage: str
     stage_index: int
     template: str
@@ -207,6 +207,22 @@ class Message(SQLModel, table=True):
     attempts: int = 0
     last_error: str | None = None
     cause: str | None = Field(default=None, max_length=32, description="diagnosis, see diagnose")
+    experiment: str | None = Field(
+        default=None, max_length=96, description="experiment this message was assigned in"
+    )
+    variant: str | None = Field(
+        default=None, max_length=64, description="experiment arm: a template name, or holdout"
+    )
+    not_before: datetime | None = Field(
+        default=None, sa_column=instant_column(), description="not sent earlier (quiet hours, cap)"
+    )
+    next_attempt_at: datetime | None = Field(
+        default=None, sa_column=instant_column(), description="retry backoff after a 4xx/drop"
+    )
+    claimed_by: str | None = Field(default=None, max_length=96, description="delivery worker")
+    lease_until: datetime | None = Field(
+        default=None, sa_column=instant_column(), description="the claim is void after this"
+    )
 
 
 class MessageItem(SQLModel, table=True):
@@ -256,7 +272,9 @@ class QueueItem(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("case_id", "reason", name="uq_queue_case_reason"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    case_id: int = Field(foreign_key="cases.id")
+    case_id: int | None = Field(
+        default=None, foreign_key="cases.id", description="empty for a refund with no open case"
+    )
     customer_id: str = Field(max_length=64)
     reason: str = Field(max_length=32)
     detail: str | None = None
@@ -278,6 +296,7 @@ class LadderStage(SQLModel, table=True):
     min_gap_days: int
     is_last: bool
     grace_days: int
+    business_days: bool = Field(default=False, description="offset counts business days")
 
 
 class PaymentAttribution(SQLModel, table=True):
@@ -291,6 +310,9 @@ class PaymentAttribution(SQLModel, table=True):
     invoice_id: str = Field(max_length=64)
     amount: Decimal = Field(sa_column=money_column())
     paid_on: date
+    first_message_id: int = Field(
+        foreign_key="messages.id", description="first touch: the earliest message in the window"
+    )
 
 
 class RunRecord(SQLModel, table=True):
@@ -380,3 +402,45 @@ class EscalationStep(SQLModel, table=True):
     attempts: int = 0
     last_error: str | None = None
     reference: str | None = Field(default=None, description="e.g. the agency export file")
+
+
+class MessageEvent(SQLModel, table=True):
+    """The outbox's log: every status move of a message, when, by which worker and why."""
+
+    __tablename__ = "message_events"
+    __table_args__ = (Index("ix_message_events_message", "message_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="messages.id")
+    at: datetime = Field(sa_column=instant_column(nullable=False))
+    from_status: str = Field(max_length=16)
+    to_status: str = Field(max_length=16)
+    reason: str | None = Field(default=None, sa_type=Text)
+    worker: str | None = Field(default=None, max_length=96)
+
+
+class ContactBlock(SQLModel, table=True):
+    """Who must not be written to: a customer who opted out, an address that bounced.
+
+    Kept apart from `customers.do_not_contact` so a ledger import never lifts an opt-out.
+    """
+
+    __tablename__ = "contact_blocks"
+
+    scope: str = Field(primary_key=True, max_length=16, description="customer|address")
+    value: str = Field(primary_key=True, max_length=320, description="customer id, or address")
+    reason: str = Field(max_length=16, description="opted_out|bounced")
+    detail: str | None = None
+    at: datetime = Field(sa_column=instant_column(nullable=False))
+
+
+class BusinessDay(SQLModel, table=True):
+    """A calendar per country for the dates plan needs: `ordinal` counts business days (no
+    weekend, no public holiday) up to `day`, so business days between two dates are one
+    subtraction in SQL. Country '' is the configured default. Rebuilt by each plan run."""
+
+    __tablename__ = "business_calendar"
+
+    country: str = Field(primary_key=True, max_length=2)
+    day: date = Field(primary_key=True)
+    ordinal: int

@@ -96,6 +96,7 @@ def settings(
     """Settings pointing at the test database and a temporary Maildir; no SMTP host."""
     monkeypatch.setenv("COLLECTFLOW_DATABASE_URL", database_url)
     monkeypatch.setenv("COLLECTFLOW_OUTBOX", str(tmp_path / "outbox"))
+    monkeypatch.setenv("COLLECTFLOW_EXPORTS", str(tmp_path / "exports"))
     monkeypatch.setenv("COLLECTFLOW_POLICY", str(PROJECT_ROOT / "policy.yaml"))
     monkeypatch.delenv("COLLECTFLOW_SMTP_HOST", raising=False)
     get_settings.cache_clear()

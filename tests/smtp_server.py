@@ -12,17 +12,22 @@ failures end to end.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
+import ssl
+import subprocess
 import threading
 from collections import deque
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 HOST = "127.0.0.1"
 
@@ -42,26 +47,41 @@ class Envelope:
         return parsed
 
 
+@dataclass(frozen=True)
+class Stall:
+    """A fault: say nothing for `seconds`, then refuse (the client should have given up)."""
+
+    seconds: float
+
+
 class RecordingHandler:
     """aiosmtpd handler: stores accepted envelopes, or plays the queued faults first.
 
-    A queued fault is a reply to give instead of accepting, or None to close the connection
-    without a word, as a crashing server or a broken network would.
+    A queued fault is a reply to give instead of accepting, None to close the connection
+    without a word, as a crashing server or a broken network would, or a Stall. `latency`
+    makes every accepted message take that long, like a slow real server.
     """
 
     def __init__(self) -> None:
         self.envelopes: list[Envelope] = []
-        self.faults: deque[str | None] = deque()
+        self.faults: deque[str | Stall | None] = deque()
+        self.latency = 0.0
         self.lock = threading.Lock()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
-            if self.faults:
-                reply = self.faults.popleft()
-                if reply is None:
-                    server.transport.close()  # what aiosmtpd writes next is discarded
-                    return "451 4.3.0 never seen by the client"
-                return reply
+            fault = self.faults.popleft() if self.faults else "accept"
+        if isinstance(fault, Stall):
+            await asyncio.sleep(fault.seconds)
+            return "451 4.4.2 stalled"
+        if fault is None:
+            server.transport.close()  # what aiosmtpd writes next is discarded
+            return "451 4.3.0 never seen by the client"
+        if fault != "accept":
+            return fault
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        with self.lock:
             self.envelopes.append(
                 Envelope(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
             )
@@ -71,12 +91,33 @@ class RecordingHandler:
 class SmtpServer:
     """An aiosmtpd server on a free port of 127.0.0.1, for the duration of a `with` block."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        tls: ssl.SSLContext | None = None,
+        starttls: ssl.SSLContext | None = None,
+        login: tuple[str, str] | None = None,
+    ) -> None:
+        """`tls`: implicit TLS with this context; `starttls`: offer and require STARTTLS;
+        `login`: require AUTH with this (username, password)."""
         self.handler = RecordingHandler()
         self.host = HOST
         self.port = free_port()
+        options: dict[str, Any] = {}
+        if starttls is not None:
+            options |= {"tls_context": starttls, "require_starttls": True}
+        if login is not None:
+            options |= {
+                "authenticator": _Authenticator(*login),
+                "auth_required": True,
+                "auth_require_tls": starttls is not None,  # implicit TLS: aiosmtpd cannot tell
+            }
         self._controller = Controller(
-            self.handler, hostname=self.host, port=self.port, server_hostname="smtp.test"
+            self.handler,
+            hostname=self.host,
+            port=self.port,
+            server_hostname="localhost",
+            ssl_context=tls,
+            **options,
         )
 
     def __enter__(self) -> SmtpServer:
@@ -105,6 +146,15 @@ class SmtpServer:
         with self.handler.lock:
             self.handler.faults.extend([None] * times)
 
+    def stall(self, seconds: float, times: int = 1) -> None:
+        """Say nothing for `seconds` after the next `times` messages' data."""
+        with self.handler.lock:
+            self.handler.faults.extend([Stall(seconds)] * times)
+
+    def slow_down(self, seconds: float) -> None:
+        """Take `seconds` to accept each message from now on."""
+        self.handler.latency = seconds
+
     @property
     def envelopes(self) -> list[Envelope]:
         """Every message accepted so far, in order of arrival."""
@@ -122,3 +172,36 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
         return probe.getsockname()[1]
+
+
+class _Authenticator:
+    """Accepts one username and password (AUTH PLAIN or LOGIN)."""
+
+    def __init__(self, username: str, password: str):
+        self._expected = (username.encode(), password.encode())
+
+    def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and (
+                auth_data.login,
+                auth_data.password,
+            )
+            == self._expected
+        )
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
+
+
+def self_signed_tls(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context for `localhost` with a fresh self-signed certificate, and the
+    certificate file a client can trust (COLLECTFLOW_SMTP_CA_FILE)."""
+    cert, key = directory / "smtp-cert.pem", directory / "smtp-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context, cert

@@ -90,7 +90,8 @@ def test_every_customer_gets_the_stages_their_behaviour_calls_for(
             .order_by(CaseEvent.__table__.c.id)
         ).scalars()
         assert list(events) == [
-            "opened", *["stage_planned"] * 4, "escalated", "account_manager_notified",
+            "opened", "stage_planned", "reminding", *["stage_planned"] * 3,
+            "escalated", "queued", "account_manager_notified",
         ]  # fmt: skip
 
     emails = maildir(settings)

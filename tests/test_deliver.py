@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import mailbox
 import threading
 from collections.abc import Iterator
@@ -10,16 +11,31 @@ from decimal import Decimal
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, insert, select, update
+from typer.testing import CliRunner
 
+from flows.cli import app
 from flows.config import Settings, get_settings
 from flows.deliver import MAX_ATTEMPTS, deliver_due
-from flows.mail import build_email, message_id_for
-from models import Case, Customer, Invoice, Message, MessageItem, Payment
-from tests.smtp_server import SmtpServer, free_port
+from flows.delivery import deliver as deliver_flow
+from flows.errors import ConfigError
+from flows.mail import build_email, message_id_for, unsubscribe_token
+from models import (
+    Case,
+    ContactBlock,
+    Customer,
+    Invoice,
+    Message,
+    MessageEvent,
+    MessageItem,
+    Payment,
+    QueueItem,
+)
+from tests.smtp_server import SmtpServer, free_port, self_signed_tls
 
 AS_OF = date(2025, 3, 10)
 FRENCH_AMOUNT = "1\u202f234,56\xa0€"  # what babel's format_currency gives for fr_FR
@@ -30,6 +46,9 @@ PAYMENTS = Payment.__table__
 CASES = Case.__table__
 MESSAGES = Message.__table__
 ITEMS = MessageItem.__table__
+BLOCKS = ContactBlock.__table__
+QUEUE = QueueItem.__table__
+EVENTS = MessageEvent.__table__
 
 
 # --- a small ledger, built with Core -------------------------------------------------------
@@ -441,24 +460,80 @@ def test_a_4xx_answer_is_retried_on_the_next_delivery(engine: Engine, smtp: Smtp
     assert "451" in row.last_error
     assert smtp.envelopes == []
 
-    report = deliver_due(engine, get_settings(), AS_OF)
+    assert deliver_due(engine, get_settings(), AS_OF).sent == 0  # backing off
+    assert row.next_attempt_at is not None
+
+    report = deliver_due(engine, get_settings(), AS_OF, now=row.next_attempt_at)
 
     assert report.sent == 1
     assert message_row(engine, message_id).status == "sent"
     assert len(smtp.envelopes) == 1
 
 
-def test_a_5xx_answer_fails_the_message_for_good(engine: Engine, smtp: SmtpServer) -> None:
+@pytest.mark.parametrize("reply", ["421 4.7.0 Too many connections", "451 4.3.0 Try later"])
+def test_the_backoff_doubles_with_each_attempt_up_to_the_cap(
+    engine: Engine, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch, reply: str
+) -> None:
+    monkeypatch.setenv("COLLECTFLOW_DELIVERY_RETRY_SECONDS", "60")
+    monkeypatch.setenv("COLLECTFLOW_DELIVERY_RETRY_CAP_SECONDS", "200")
+    get_settings.cache_clear()
+    message_id = overdue_reminder(engine)
+    now = datetime(2025, 3, 10, 9, tzinfo=UTC)
+    waits = []
+    for _ in range(3):
+        smtp.answer(reply)
+        deliver_due(engine, get_settings(), AS_OF, now=now)
+        retry_at = message_row(engine, message_id).next_attempt_at
+        waits.append((retry_at - now).total_seconds())
+        now = retry_at
+
+    assert waits == [60, 120, 200]
+    assert smtp.envelopes == []
+
+
+def test_a_5xx_answer_bounces_blocks_the_address_and_queues_the_case(
+    engine: Engine, smtp: SmtpServer
+) -> None:
     message_id = overdue_reminder(engine)
     smtp.answer("550 5.1.1 No such user here")
 
     report = deliver_due(engine, get_settings(), AS_OF)
 
-    assert report.failed == {"smtp_5xx": 1}
+    assert (report.bounced, report.sent, report.failed) == (1, 0, {})
     row = message_row(engine, message_id)
-    assert (row.status, row.status_reason) == ("failed", "smtp_5xx: 550 5.1.1 No such user here")
-    assert deliver_due(engine, get_settings(), AS_OF).sent == 0
+    assert (row.status, row.status_reason) == ("bounced", "smtp 550 5.1.1 No such user here")
+    with engine.connect() as conn:
+        blocks = conn.execute(select(BLOCKS.c.scope, BLOCKS.c.value, BLOCKS.c.reason)).all()
+        queued = conn.execute(select(QUEUE.c.case_id, QUEUE.c.reason)).all()
+    assert blocks == [("address", "ada@example.org", "bounced")]
+    assert queued == [(row.case_id, "bounced")]
+    with engine.begin() as conn:  # the next stage of the case, to the same address
+        later = add_message(conn, row.case_id, "C1", ["INV-1"], stage_index=1)
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert report.suppressed == {"address_bounced": 1}
+    assert message_row(engine, later).status == "suppressed"
     assert smtp.envelopes == []
+
+
+def test_a_stalled_server_times_out_and_the_message_is_retried(
+    engine: Engine, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLLECTFLOW_SMTP_TIMEOUT", "0.3")
+    get_settings.cache_clear()
+    message_id = overdue_reminder(engine)
+    smtp.stall(2.0)
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert (report.sent, report.retrying) == (0, 1)
+    row = message_row(engine, message_id)
+    assert row.status == "planned" and "Timeout" in row.last_error
+
+    report = deliver_due(engine, get_settings(), AS_OF, now=row.next_attempt_at)
+
+    assert report.sent == 1 and len(smtp.envelopes) == 1
 
 
 def test_an_unreachable_server_leaves_the_message_planned(
@@ -594,3 +669,102 @@ def test_concurrent_deliveries_send_each_message_once(engine: Engine, smtp: Smtp
     recipients = sorted(rcpt for envelope in smtp.envelopes for rcpt in envelope.rcpt_tos)
     assert recipients == sorted(f"c{n}@example.org" for n in range(40))
     assert sum(report.sent for report in reports) == 40
+
+
+# --- headers, TLS and login -----------------------------------------------------------------
+
+
+def test_a_configured_opt_out_url_adds_rfc_8058_one_click_unsubscribe(
+    engine: Engine, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "COLLECTFLOW_UNSUBSCRIBE_URL", "https://pay.example.com/stop/{customer_id}?t={token}"
+    )
+    monkeypatch.setenv("COLLECTFLOW_UNSUBSCRIBE_SECRET", "s3cret")
+    get_settings.cache_clear()
+    overdue_reminder(engine)
+
+    deliver_due(engine, get_settings(), AS_OF)
+
+    [email] = smtp.emails
+    token = unsubscribe_token(get_settings(), "C1")
+    assert email["List-Unsubscribe"] == (
+        "<mailto:unsubscribe@example.com?subject=unsubscribe-C1>, "
+        f"<https://pay.example.com/stop/C1?t={token}>"
+    )
+    assert email["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert len(token) == 32 and token != unsubscribe_token(get_settings(), "C2")
+
+
+def test_an_opt_out_url_with_a_token_but_no_secret_stops_before_claiming(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLLECTFLOW_UNSUBSCRIBE_URL", "https://x.example/{customer_id}/{token}")
+    get_settings.cache_clear()
+    message_id = overdue_reminder(engine)
+
+    with pytest.raises(ConfigError, match="UNSUBSCRIBE_SECRET"):
+        deliver_due(engine, get_settings(), AS_OF)
+    assert message_row(engine, message_id).status == "planned"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("mode", ["tls", "starttls"])
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_mail_goes_over_tls_with_a_login(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mode: str
+) -> None:
+    context, certificate = self_signed_tls(tmp_path)
+    server_tls = {"tls": context} if mode == "tls" else {"starttls": context}
+    with SmtpServer(login=("billing", "pw"), **server_tls) as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("COLLECTFLOW_SMTP_HOST", "localhost")
+        monkeypatch.setenv("COLLECTFLOW_SMTP_CA_FILE", str(certificate))
+        monkeypatch.setenv("COLLECTFLOW_SMTP_USERNAME", "billing")
+        monkeypatch.setenv("COLLECTFLOW_SMTP_PASSWORD", "pw")
+        monkeypatch.setenv(f"COLLECTFLOW_SMTP_{mode.upper()}", "true")
+        get_settings.cache_clear()
+        overdue_reminder(engine)
+
+        assert deliver_due(engine, get_settings(), AS_OF).sent == 1
+        assert len(server.envelopes) == 1
+
+        monkeypatch.setenv("COLLECTFLOW_SMTP_PASSWORD", "wrong")
+        get_settings.cache_clear()
+        with engine.begin() as conn:
+            add_customer(conn, "C2", email="c2@example.org")
+            add_invoice(conn, "C2", "INV-2")
+            second = add_message(conn, add_case(conn, "C2"), "C2", ["INV-2"])
+
+        report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert report.retrying == 1  # a refused login is the settings' fault, not the message's
+    assert "could not open an SMTP session" in message_row(engine, second).last_error
+
+
+# --- the command and the flow ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_deliver_command_and_the_hourly_flow_report_what_they_did(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    overdue_reminder(engine)
+
+    result = CliRunner().invoke(
+        app, ["deliver", "--as-of", AS_OF.isoformat(), "--workers", "1", "--json"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) | {"suppressed": {}} == {
+        "sent": 1, "suppressed": {}, "failed": {}, "bounced": 0, "retrying": 0,
+        "deferred": {}, "in_doubt": [],
+    }  # fmt: skip
+    with engine.begin() as conn:
+        add_customer(conn, "C2", email="c2@example.org")
+        add_invoice(conn, "C2", "INV-2")
+        add_message(conn, add_case(conn, "C2"), "C2", ["INV-2"], to_address="c2@example.org")
+
+    assert deliver_flow(as_of=AS_OF)["sent"] == 1
+    assert [e.rcpt_tos for e in smtp.envelopes] == [["ada@example.org"], ["c2@example.org"]]

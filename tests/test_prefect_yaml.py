@@ -26,7 +26,9 @@ def test_each_deployment_loads_and_its_parameters_exist(deployment: dict) -> Non
     flow = load_flow_from_entrypoint(str(PROJECT_ROOT / deployment["entrypoint"]))
     accepted = set(inspect.signature(flow.fn).parameters)
     assert set(deployment.get("parameters", {})) <= accepted
-    assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    # scheduled and bulk runs cancel a duplicate; operator actions queue (each one matters)
+    strategy = "ENQUEUE" if "operator-action" in deployment.get("tags", []) else "CANCEL_NEW"
+    assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": strategy}
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
@@ -40,3 +42,20 @@ def test_each_schedule_is_a_valid_cron_with_a_timezone_and_a_slug(deployment: di
 def test_the_daily_run_is_scheduled() -> None:
     daily = next(d for d in DEPLOYMENTS if d["entrypoint"].endswith(":daily_collections"))
     assert daily["schedules"], "the daily run needs a schedule"
+
+
+@pytest.mark.parametrize(
+    "deployment",
+    [d for d in DEPLOYMENTS if "operator-action" in d.get("tags", [])],
+    ids=lambda d: d["name"],
+)
+def test_each_operator_action_is_manual_and_its_form_describes_every_field(
+    deployment: dict,
+) -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    assert not deployment.get("schedules")
+    flow = load_flow_from_entrypoint(str(PROJECT_ROOT / deployment["entrypoint"]))
+    fields = parameter_schema(flow.fn).model_dump()["properties"]
+    assert "operator" in fields
+    assert all(field.get("description") for field in fields.values()), fields

@@ -1,0 +1,188 @@
+"""Delivery throughput: Collectflow's deliver against bare aiosmtplib, same server, same run.
+
+    .venv/bin/python bench/delivery.py [--messages 3000] [--concurrency 4] [--rounds 3]
+                                       [--database-url URL]
+
+An aiosmtpd server runs in its own process and accepts everything. Each round times, in turn:
+- bare: `concurrency` aiosmtplib connections sending the same emails, pre-built as bytes
+  (the floor: no database, no building, no bookkeeping);
+- collectflow: `deliver_due` on a fresh outbox of the same number of rendered messages
+  (claim with re-checks, build, send over pooled connections, record every move).
+It prints messages per second for both (median over rounds) and the ratio; DESIGN.md's
+target is a ratio of at least 0.80.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import aiosmtplib
+from sqlalchemy import Engine, insert
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from flows.config import Settings  # noqa: E402
+from flows.contact_policy import Contact  # noqa: E402
+from flows.deliver import deliver_due  # noqa: E402
+from flows.mail import build_email  # noqa: E402
+from models import (  # noqa: E402
+    Case,
+    Customer,
+    Invoice,
+    Message,
+    MessageItem,
+    drop_db,
+    init_db,
+    make_engine,
+)
+
+AS_OF = date(2025, 3, 10)
+BODY = "Dear customer,\n\nInvoice {n} of 100.00 EUR was due on 10 February 2025.\n" * 6
+SERVER = """
+import sys
+from aiosmtpd.controller import Controller
+
+class Accept:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 2.0.0 OK"
+
+controller = Controller(Accept(), hostname="127.0.0.1", port=int(sys.argv[1]))
+controller.start()
+print("ready", flush=True)
+sys.stdin.read()
+controller.stop()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rows(count: int) -> list[dict]:
+    return [
+        {"id": n + 1, "key": f"case:{n + 1}:gentle", "case_id": n + 1, "customer_id": f"C{n}",
+         "kind": "reminder", "stage": "gentle", "stage_index": 0, "template": "gentle",
+         "to_address": f"c{n}@example.org", "planned_on": AS_OF, "subject": f"Invoice {n}",
+         "body_text": BODY.format(n=n), "body_html": f"<p>{BODY.format(n=n)}</p>",
+         "rendered_at": datetime(2025, 3, 10, 6, tzinfo=UTC), "message_id_header": None,
+         "customer_name": f"Customer {n}", "attempts": 1}
+        for n in range(count)
+    ]  # fmt: skip
+
+
+def seed(engine: Engine, messages: list[dict]) -> None:
+    """A fresh outbox: one customer, invoice, case and rendered reminder per message."""
+    drop_db(engine)
+    init_db(engine)
+    ids = range(len(messages))
+    message_columns = set(Message.__table__.c.keys())
+    with engine.begin() as conn:
+        conn.execute(insert(Customer.__table__), [
+            {"customer_id": f"C{n}", "name": f"Customer {n}", "email": f"c{n}@example.org"}
+            for n in ids])  # fmt: skip
+        conn.execute(insert(Invoice.__table__), [
+            {"invoice_id": f"INV-{n}", "customer_id": f"C{n}", "issued_on": date(2025, 1, 10),
+             "due_on": date(2025, 2, 10), "amount": Decimal("100.00"), "currency": "EUR"}
+            for n in ids])  # fmt: skip
+        conn.execute(insert(Case.__table__), [
+            {"id": n + 1, "customer_id": f"C{n}", "segment": "s", "ladder": "standard",
+             "opened_on": AS_OF} for n in ids])  # fmt: skip
+        conn.execute(insert(Message.__table__), [
+            {k: v for k, v in row.items() if k in message_columns} | {"attempts": 0}
+            for row in messages])  # fmt: skip
+        conn.execute(insert(MessageItem.__table__), [
+            {"message_id": n + 1, "invoice_id": f"INV-{n}", "currency": "EUR",
+             "owed": Decimal("100.00")} for n in ids])  # fmt: skip
+
+
+async def bare(port: int, emails: list[bytes], concurrency: int) -> float:
+    """Seconds for `concurrency` plain aiosmtplib connections to send every email."""
+    queue = list(reversed(emails))
+
+    async def connection() -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        while queue:
+            await client.sendmail("billing@example.com", ["to@example.org"], queue.pop())
+        await client.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+def collectflow(engine: Engine, settings: Settings, messages: list[dict]) -> float:
+    """Seconds for Collectflow's delivery of a fresh outbox of the same messages."""
+    seed(engine, messages)
+    started = time.perf_counter()
+    report = deliver_due(engine, settings, AS_OF, Contact(cap=None))
+    elapsed = time.perf_counter() - started
+    assert report.sent == len(messages), report
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--database-url")
+    args = parser.parse_args()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    with tempfile.TemporaryDirectory() as folder:
+        url = args.database_url or f"sqlite:///{folder}/bench.db"
+        settings = Settings(
+            database_url=url,
+            smtp_host="127.0.0.1",
+            smtp_port=port,
+            smtp_concurrency=args.concurrency,
+            outbox=Path(folder) / "outbox",
+        )
+        messages = rows(args.messages)
+        emails = [build_email(row, settings, None).as_bytes() for row in messages]
+        engine = make_engine(url)
+        times: dict[str, list[float]] = {"bare": [], "collectflow": []}
+        try:
+            for _ in range(args.rounds):
+                times["bare"].append(asyncio.run(bare(port, emails, args.concurrency)))
+                times["collectflow"].append(collectflow(engine, settings, messages))
+        finally:
+            engine.dispose()
+            server.communicate("")
+    rate = {name: args.messages / statistics.median(spent) for name, spent in times.items()}
+    figures = {
+        "messages": args.messages,
+        "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "database": url.split(":")[0],
+        "bare_msgs_per_s": round(rate["bare"]),
+        "collectflow_msgs_per_s": round(rate["collectflow"]),
+        "ratio": round(rate["collectflow"] / rate["bare"], 3),
+        "seconds": {name: [round(t, 3) for t in spent] for name, spent in times.items()},
+    }
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Hand-placed cases and messages, for tests that need an outbox with known send dates.
+
+The daily run decides when messages go out; tests of what follows them (outcomes, metrics,
+experiments) instead put messages exactly where the story needs them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from models import Case, Invoice, Message, MessageItem
+
+CASES = Case.__table__
+MESSAGES = Message.__table__
+ITEMS = MessageItem.__table__
+INVOICES = Invoice.__table__
+
+STAGE_INDEX = {"pre_due": 0, "gentle": 1, "firm": 2, "final": 3}
+
+
+def open_case(conn: Connection, customer_id: str, on: date, segment: str = "on_time") -> int:
+    """An open case for the customer, on the standard ladder."""
+    return conn.execute(
+        insert(CASES)
+        .values(
+            customer_id=customer_id,
+            status="reminding",
+            segment=segment,
+            ladder="standard",
+            stage_index=0,
+            opened_on=on,
+        )
+        .returning(CASES.c.id)
+    ).scalar_one()
+
+
+def sent_message(
+    conn: Connection,
+    case_id: int,
+    customer_id: str,
+    stage: str,
+    on: date,
+    invoices: list[str],
+    status: str = "sent",
+    **values: Any,
+) -> int:
+    """A message sent at 09:00 UTC on `on`, asking for what is owed in full on `invoices`."""
+    row = {
+        "key": f"case:{case_id}:{stage}:{values.get('kind', 'reminder')}",
+        "case_id": case_id,
+        "customer_id": customer_id,
+        "kind": "reminder",
+        "stage": stage,
+        "stage_index": STAGE_INDEX.get(stage, 0),
+        "template": stage,
+        "to_address": f"{customer_id.lower()}@example.com",
+        "planned_on": on,
+        "status": status,
+        "sent_on": on if status in ("sent", "bounced") else None,
+        "sent_at": datetime.combine(on, time(9), tzinfo=UTC) if status == "sent" else None,
+    } | values
+    message_id = conn.execute(insert(MESSAGES).values(**row).returning(MESSAGES.c.id)).scalar_one()
+    for invoice_id in invoices:
+        amount, currency = conn.execute(
+            select(INVOICES.c.amount, INVOICES.c.currency).where(
+                INVOICES.c.invoice_id == invoice_id
+            )
+        ).one()
+        conn.execute(
+            insert(ITEMS).values(
+                message_id=message_id,
+                invoice_id=invoice_id,
+                currency=currency,
+                owed=Decimal(amount),
+            )
+        )
+    return message_id

@@ -1,0 +1,208 @@
+"""The outbox's promises: every move logged, each message sent once by several worker
+processes, and a crash leaving only the in-flight messages in doubt, reported, never resent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, insert, select, update
+
+from flows.config import Settings, get_settings
+from flows.deliver import FLUSH_SIZE, deliver_due, deliver_with_workers
+from flows.outbox import NotInDoubt, resolve_in_doubt
+from models import Case, Customer, Invoice, Message, MessageEvent, MessageItem, QueueItem
+from tests.smtp_server import SmtpServer
+
+AS_OF = date(2025, 3, 10)
+MESSAGES = Message.__table__
+EVENTS = MessageEvent.__table__
+QUEUE = QueueItem.__table__
+COLLECTFLOW = [sys.executable, "-c", "from flows.cli import main; main()"]
+
+
+def seed_reminders(engine: Engine, count: int) -> None:
+    """`count` customers, each owing one invoice and due one rendered reminder today."""
+    ids = range(count)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Customer.__table__),
+            [{"customer_id": f"C{n}", "name": f"Customer {n}", "email": f"c{n}@example.org"}
+             for n in ids],
+        )  # fmt: skip
+        conn.execute(
+            insert(Invoice.__table__),
+            [{"invoice_id": f"INV-{n}", "customer_id": f"C{n}", "issued_on": date(2025, 1, 10),
+              "due_on": date(2025, 2, 10), "amount": Decimal("100.00"), "currency": "EUR"}
+             for n in ids],
+        )  # fmt: skip
+        conn.execute(
+            insert(Case.__table__),
+            [{"id": n + 1, "customer_id": f"C{n}", "segment": "s", "ladder": "standard",
+              "opened_on": AS_OF} for n in ids],
+        )  # fmt: skip
+        conn.execute(
+            insert(MESSAGES),
+            [{"id": n + 1, "key": f"case:{n + 1}:gentle", "case_id": n + 1, "customer_id": f"C{n}",
+              "stage": "gentle", "stage_index": 0, "template": "gentle",
+              "to_address": f"c{n}@example.org", "planned_on": AS_OF, "subject": f"Invoice {n}",
+              "body_text": "Please pay.", "rendered_at": datetime(2025, 3, 10, 6, tzinfo=UTC)}
+             for n in ids],
+        )  # fmt: skip
+        conn.execute(
+            insert(MessageItem.__table__),
+            [{"message_id": n + 1, "invoice_id": f"INV-{n}", "currency": "EUR",
+              "owed": Decimal("100.00")} for n in ids],
+        )  # fmt: skip
+        if conn.dialect.name == "postgresql":  # explicit ids: move the sequences past them
+            for table in ("cases", "messages"):
+                conn.exec_driver_sql(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {count + 1})"
+                )
+
+
+def statuses(engine: Engine) -> dict[int, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(MESSAGES.c.id, MESSAGES.c.status)).all())
+
+
+def arrivals(smtp: SmtpServer) -> Counter[int]:
+    """How many times each message arrived, by the message id its subject carries."""
+    return Counter(int(str(email["Subject"]).split()[-1]) + 1 for email in smtp.emails)
+
+
+@pytest.fixture
+def smtp(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
+    with SmtpServer() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        yield server
+
+
+def test_every_move_is_logged_with_its_time_worker_and_reason(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    seed_reminders(engine, 2)
+    with engine.begin() as conn:
+        conn.execute(update(Invoice.__table__).where(Invoice.invoice_id == "INV-1").values(
+            status="paid"))  # fmt: skip
+
+    deliver_due(engine, get_settings(), AS_OF)
+
+    with engine.connect() as conn:
+        moves = conn.execute(
+            select(EVENTS.c.message_id, EVENTS.c.from_status, EVENTS.c.to_status,
+                   EVENTS.c.reason, EVENTS.c.worker, EVENTS.c.at).order_by(EVENTS.c.id)
+        ).all()  # fmt: skip
+    assert [move[:4] for move in moves] == [
+        (2, "planned", "suppressed", "paid_before_send"),
+        (1, "planned", "sending", None),
+        (1, "sending", "sent", None),
+    ]
+    assert len({move.worker for move in moves}) == 1 and str(os.getpid()) in moves[0].worker
+    assert all(move.at.tzinfo is not None for move in moves)
+
+
+def test_a_message_left_sending_past_its_lease_is_in_doubt_not_resent(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    seed_reminders(engine, 3)
+    lease_ended = datetime(2025, 3, 10, 9, tzinfo=UTC)
+    with engine.begin() as conn:  # a worker claimed message 1 and died
+        conn.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id == 1)
+            .values(status="sending", claimed_by="host:999:dead", lease_until=lease_ended)
+        )
+
+    report = deliver_due(engine, get_settings(), AS_OF, now=lease_ended + timedelta(seconds=1))
+
+    assert (report.sent, report.in_doubt) == (2, [1])
+    assert statuses(engine) == {1: "unknown", 2: "sent", 3: "sent"}
+    assert sorted(arrivals(smtp)) == [2, 3]
+    with engine.connect() as conn:
+        assert conn.execute(select(QUEUE.c.case_id, QUEUE.c.reason)).all() == [
+            (1, "delivery_in_doubt")
+        ]
+    assert deliver_due(engine, get_settings(), AS_OF).sent == 0  # still not resent
+
+    with pytest.raises(NotInDoubt, match="2"):
+        resolve_in_doubt(engine, [1, 2], sent=False, on=AS_OF, actor="ops")
+    resolve_in_doubt(engine, [1], sent=False, on=AS_OF, actor="ops")  # the log shows no trace
+
+    assert deliver_due(engine, get_settings(), AS_OF).sent == 1
+    assert arrivals(smtp) == {1: 1, 2: 1, 3: 1}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_four_worker_processes_deliver_two_thousand_messages_each_exactly_once(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    seed_reminders(engine, 2000)
+
+    report = deliver_with_workers(get_settings(), AS_OF, workers=4, batch_size=100)
+
+    assert report.sent == 2000
+    assert arrivals(smtp) == {n: 1 for n in range(1, 2001)}
+    assert set(statuses(engine).values()) == {"sent"}
+    with engine.connect() as conn:
+        workers = conn.execute(select(func.count(func.distinct(MESSAGES.c.claimed_by)))).scalar()
+    assert workers == 4, "every process took a share"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_worker_killed_mid_batch_leaves_only_its_in_flight_messages_in_doubt(
+    engine: Engine, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    seed_reminders(engine, 400)
+    smtp.slow_down(0.02)  # 4 connections: about 200 messages a second
+    env = os.environ | {"COLLECTFLOW_DELIVERY_LEASE_SECONDS": "1"}
+    deliver = [*COLLECTFLOW, "deliver", "--as-of", AS_OF.isoformat(), "--json"]
+    worker = subprocess.Popen(deliver, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while len(smtp.envelopes) < 100:
+        assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+        time.sleep(0.01)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    time.sleep(1.1)  # its lease runs out
+    killed = statuses(engine)
+    in_flight = {n for n, status in killed.items() if status == "sending"}
+    # at most: a batch claimed ahead, one message per sender, results not yet written
+    assert 0 < len(in_flight) <= 200 + 4 + FLUSH_SIZE
+
+    restart = subprocess.run(deliver, env=env, capture_output=True, text=True, check=True)
+
+    report = json.loads(restart.stdout)
+    assert sorted(report["in_doubt"]) == sorted(in_flight), "reported, every one"
+    final = statuses(engine)
+    assert {n for n, status in final.items() if status == "unknown"} == in_flight
+    assert {n for n, status in final.items() if status == "sent"} == set(killed) - in_flight
+    arrived = arrivals(smtp)
+    assert max(arrived.values()) == 1, "nothing sent twice"
+    assert set(arrived) >= set(killed) - in_flight, "nothing lost"
+    assert report["sent"] + sum(killed[n] == "sent" for n in killed) == 400 - len(in_flight)
+
+    # the operator looks each in-doubt Message-ID up in the server's log, and settles them
+    delivered = [n for n in in_flight if n in arrived]
+    missing = [n for n in in_flight if n not in arrived]
+    if delivered:
+        resolve_in_doubt(engine, delivered, sent=True, on=AS_OF, actor="ops")
+    if missing:
+        resolve_in_doubt(engine, missing, sent=False, on=AS_OF, actor="ops")
+    deliver_due(engine, get_settings(), AS_OF)
+
+    assert arrivals(smtp) == {n: 1 for n in range(1, 401)}
+    assert set(statuses(engine).values()) == {"sent"}

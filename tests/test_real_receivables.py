@@ -1,0 +1,92 @@
+"""Segments on real data nobody here wrote: IBM's accounts-receivable sample (see
+../shared/data/real/PROVENANCE.md), 2,466 invoices of 100 customers over 2012-2013.
+
+The sample's columns are converted to our CSV contract, imported, and segmented as of a date in
+the middle of the period, from what was known then. The check is the one that matters: the
+customers the policy calls riskier really did pay later afterwards (mean DaysLate of their
+invoices due after that date, a column our import never reads). The `_with_missing` variant
+(120 injected rows with blanks and conflicting country codes) must import and segment the same
+way: the columns it damages are not part of our contract.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from datetime import date, datetime
+from pathlib import Path
+from statistics import mean
+
+import pytest
+from sqlalchemy import Engine, select
+
+from flows.assess import assess
+from flows.config import PROJECT_ROOT, Settings
+from flows.policy import Policy
+from models import Customer
+from tests.ledger import Ledger
+
+REAL = PROJECT_ROOT.parent / "shared" / "data" / "real"
+AS_OF = date(2013, 1, 1)
+RISK_ORDER = ["on_time", "sometimes_late", "chronic"]  # the default policy, safest first
+
+
+def us_date(text: str) -> date:
+    return datetime.strptime(text, "%m/%d/%Y").date()
+
+
+def receivables_ledger(path: Path) -> tuple[Ledger, list[dict]]:
+    """The sample as a Ledger: customers from customerID, invoices from invoiceNumber,
+    InvoiceDate, DueDate, InvoiceAmount, and one succeeded payment on SettledDate.
+
+    `Disputed` records that a dispute happened at some time, not that the invoice is disputed
+    now (every invoice was settled), so it does not become the `disputed` status.
+    """
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    ledger = Ledger()
+    for customer_id in sorted({row["customerID"] for row in rows}):
+        ledger.customer(customer_id, name=f"Customer {customer_id}")
+    for row in rows:
+        invoice_id = f"INV-{int(row['invoiceNumber'])}"
+        issued, due, settled = (us_date(row[k]) for k in ("InvoiceDate", "DueDate", "SettledDate"))
+        ledger.invoice(invoice_id, row["customerID"], due, amount=row["InvoiceAmount"],
+                       currency="USD", issued_days_before_due=(due - issued).days)  # fmt: skip
+        ledger.payment(f"PAY-{int(row['invoiceNumber'])}", invoice_id, settled,
+                       amount=row["InvoiceAmount"], hour=12)  # fmt: skip
+    return ledger, rows
+
+
+def later_lateness_by_segment(rows: list[dict], segments: dict[str, str]) -> dict[str, float]:
+    """Mean DaysLate of the invoices due after AS_OF, per segment their customer had then."""
+    late: dict[str, list[int]] = defaultdict(list)
+    for row in rows:
+        if us_date(row["DueDate"]) > AS_OF:
+            late[segments[row["customerID"]]].append(int(row["DaysLate"]))
+    return {segment: mean(values) for segment, values in late.items()}
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} is absent (shared data not mounted)")
+@pytest.mark.parametrize(
+    "filename",
+    ["WA_Fn-UseC_-Accounts-Receivable.csv", "WA_Fn-UseC_-Accounts-Receivable_with_missing.csv"],
+)
+def test_riskier_segments_really_paid_later_afterwards(
+    engine: Engine, settings: Settings, policy: Policy, tmp_path: Path, filename: str
+) -> None:
+    ledger, rows = receivables_ledger(REAL / filename)
+    ledger.load(engine, tmp_path / "ledger", settings)
+
+    with engine.begin() as conn:
+        assess(conn, policy, AS_OF)
+        segments = dict(
+            conn.execute(
+                select(Customer.__table__.c.customer_id, Customer.__table__.c.segment)
+            ).all()
+        )
+
+    lateness = later_lateness_by_segment(rows, segments)
+    ranked = [segment for segment in RISK_ORDER if segment in lateness]
+    assert len(ranked) == 3, f"expected customers in each behaviour segment, got {lateness}"
+    assert [lateness[s] for s in ranked] == sorted(lateness[s] for s in ranked), lateness
+    assert lateness["chronic"] > 2 * lateness["on_time"], lateness
