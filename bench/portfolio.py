@@ -54,27 +54,6 @@ WHERE i.issued_on <= :as_of
 GROUP BY i.customer_id
 """
 
-FLOOR_TEMPLATES = {
-    "subject": "Reminder: invoice {{ invoices[0].number }} is {{ days }} days overdue",
-    "text": (
-        "Dear {{ customer.name }},\n\n"
-        "{% for invoice in invoices %}"
-        "- {{ invoice.number }} due {{ invoice.due_on }}: {{ invoice.owed }}\n"
-        "{% endfor %}"
-        "Total: {{ total }}\nPay at {{ invoices[0].payment_url }}\n\n{{ sender }}\n"
-    ),
-    "html": (
-        "<html><body><p>Dear {{ customer.name }},</p><table>"
-        "{% for invoice in invoices %}"
-        "<tr><td>{{ invoice.number }}</td><td>{{ invoice.due_on }}</td>"
-        "<td>{{ invoice.owed }}</td></tr>"
-        "{% endfor %}"
-        "</table><p>Total: {{ total }}</p>"
-        '<p><a href="{{ invoices[0].payment_url }}">Pay now</a></p>'
-        "<p>{{ sender }}</p></body></html>"
-    ),
-}
-
 
 @dataclass
 class Phase:
@@ -161,8 +140,10 @@ def run(customers: int, invoices: int, database_url: str | None, workdir: Path) 
         result.counts["rendered"] = rendered
         with result.phase("floor_sql"), engine.connect() as conn:
             result.counts["floor_sql_customers"] = floor_sql(conn, as_of)
+        with engine.connect() as conn:
+            mix = message_mix(conn)
         with result.phase("floor_jinja"):
-            floor_jinja(rendered)
+            floor_jinja(settings.templates, mix)
     finally:
         engine.dispose()
     return result
@@ -176,38 +157,52 @@ def floor_sql(conn: Any, as_of: date) -> int:
     return len(conn.execute(statement, {"as_of": as_of}).all())
 
 
-def floor_jinja(messages: int) -> None:
-    """Render `messages` simple reminders (subject, text, HTML) from ready-made contexts."""
+def message_mix(conn: Any) -> dict[tuple[str, str], int]:
+    """How many rendered messages use each (template, locale): what floor (b) renders."""
+    from sqlalchemy import func, select
+
+    from models import Message
+
+    messages = Message.__table__
+    query = (
+        select(messages.c.template, messages.c.locale, func.count())
+        .where(messages.c.subject.is_not(None))
+        .group_by(messages.c.template, messages.c.locale)
+    )
+    return {(template, locale): count for template, locale, count in conn.execute(query)}
+
+
+def floor_jinja(directory: Path, mix: dict[tuple[str, str], int]) -> None:
+    """Render the same templates, as many times each, as the run did: bare Jinja2.
+
+    Same files, same locale folders, same three parts; but a plain `jinja2.Environment` (no
+    sandbox, no StrictUndefined) and ready-made contexts (`sample_contexts`, built before the
+    clock starts), so neither the database, nor the sandbox, nor Babel formatting is counted.
+    DESIGN.md's floor is "bare Jinja2 renders of the same messages"; rendering toy templates
+    instead would make the floor a measure of template size, not of Collectflow's overhead.
+    """
     import jinja2
 
-    templates = {
-        part: jinja2.Environment(autoescape=part == "html").from_string(source)
-        for part, source in FLOOR_TEMPLATES.items()
-    }
-    contexts = [_floor_context(index) for index in range(min(messages, 1000))]
-    for index in range(messages):
-        context = contexts[index % len(contexts)]
-        for template in templates.values():
-            template.render(context)
+    from flows.render import PARTS, TemplateCatalog, sample_contexts
 
-
-def _floor_context(index: int) -> dict[str, Any]:
-    invoices = [
-        {
-            "number": f"2025/{index:06d}-{item:02d}",
-            "due_on": f"2025-05-{item + 1:02d}",
-            "owed": f"{100 + index % 900}.{item:02d} €",
-            "payment_url": f"https://pay.example.com/invoice/INV-{index:06d}-{item:02d}",
-        }
-        for item in range(1 + index % 3)
-    ]
-    return {
-        "customer": {"name": f"Customer {index}"},
-        "invoices": invoices,
-        "days": 3 + index % 30,
-        "total": f"{(100 + index % 900) * len(invoices)}.00 €",
-        "sender": "Claire Martin, Accounts Receivable",
-    }
+    catalog = TemplateCatalog(directory, {template for template, _ in mix})
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        autoescape=lambda name: name is not None and name.endswith(".html.j2"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+    )
+    work = []
+    for (template, locale), count in mix.items():
+        folder = catalog.locale_for(locale, template)
+        parts = [env.get_template(f"{folder}/{template}.{part}.j2") for part in PARTS]
+        work.append((parts, sample_contexts(folder), count))
+    for parts, contexts, count in work:
+        for index in range(count):
+            context = contexts[index % len(contexts)]
+            for part in parts:
+                part.render(context)
 
 
 def print_table(result: Result) -> None:

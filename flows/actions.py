@@ -91,16 +91,21 @@ def record_promise(
 
 @flow(name="mark-dispute")
 def mark_dispute(invoice_id: Text, operator: Operator, reason: Text) -> dict[str, Any]:
-    """The customer disputes an invoice: the case's reminders stop and it joins the queue.
+    """The customer disputes an invoice: reminders stop asking for it and the case joins the
+    queue. Reminders not sent yet are rendered again without it.
 
     Args:
         invoice_id: The disputed invoice's id.
         operator: Your name; it goes into the case's event log with the action.
         reason: What the customer disputes.
     """
-    return run_action(
-        lambda ctx, conn, today: casework.mark_dispute(conn, invoice_id, operator, reason, today)
-    )
+
+    def dispute(ctx: RunContext, conn: Connection, today: date) -> ActionResult:
+        result = casework.mark_dispute(conn, invoice_id, operator, reason, today)
+        render_planned(conn, ctx.catalog, ctx.policy, today)
+        return result
+
+    return run_action(dispute)
 
 
 @flow(name="resolve-dispute")

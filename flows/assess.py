@@ -25,6 +25,7 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    or_,
     select,
     type_coerce,
     update,
@@ -39,6 +40,7 @@ from models import (
     CaseEvent,
     Customer,
     CustomerFeatures,
+    Dispute,
     Invoice,
     Payment,
     SegmentChange,
@@ -50,6 +52,7 @@ from models.money import SCALE
 CASES = Case.__table__
 EVENTS = CaseEvent.__table__
 CUSTOMERS = Customer.__table__
+DISPUTES = Dispute.__table__
 FEATURES = CustomerFeatures.__table__
 HISTORY = SegmentChange.__table__
 INVOICES = Invoice.__table__
@@ -83,6 +86,7 @@ def compute_features(conn: Connection, policy: Policy, as_of: date) -> None:
     timed = p.c.timed == 1
     owing = and_(p.c.owed > ZERO, p.c.status.in_(("open", "disputed")))
     overdue = and_(owing, p.c.due_on < as_of)
+    disputed = or_(p.c.status == "disputed", p.c.invoice_id.in_(_open_disputes(as_of)))
     p90_rank = (9 * p.c.timed_count + 9) // 10  # ceil(0.9 n) in integers: the nearest rank
     per_customer = (
         select(
@@ -102,7 +106,7 @@ def compute_features(conn: Connection, policy: Policy, as_of: date) -> None:
             func.coalesce(func.max(days_between(as_of, p.c.due_on)).filter(overdue), 0).label(
                 "oldest_overdue_days"
             ),
-            func.count().filter(and_(owing, p.c.status == "disputed")).label("disputes"),
+            func.count().filter(and_(owing, disputed)).label("disputes"),
             func.coalesce(func.max(days_between(as_of, p.c.issued_on)), 0).label("tenure_days"),
         )
         .where(live)
@@ -129,6 +133,7 @@ def compute_features(conn: Connection, policy: Policy, as_of: date) -> None:
         func.coalesce(failed.c.technical, 0),
         func.coalesce(failed.c.customer, 0),
         func.coalesce(promises.c.broken, 0),
+        func.coalesce(failed.c.order, 0),
     ).select_from(
         CUSTOMERS.outerjoin(per_customer, per_customer.c.customer_id == CUSTOMERS.c.customer_id)
         .outerjoin(failed, failed.c.customer_id == CUSTOMERS.c.customer_id)
@@ -152,6 +157,7 @@ def compute_features(conn: Connection, policy: Policy, as_of: date) -> None:
         "failed_technical_30d",
         "failed_customer_30d",
         "broken_promises",
+        "failed_order_30d",
     ]
     conn.execute(delete(FEATURES))
     conn.execute(insert(FEATURES).from_select(columns, source))
@@ -193,6 +199,7 @@ def _failed_payments(policy: Policy, as_of: date) -> Subquery:
             func.count().label("failed"),
             func.count().filter(failure_class == "technical").label("technical"),
             func.count().filter(failure_class == "customer").label("customer"),
+            func.count().filter(failure_class == "order").label("order"),
         )
         .select_from(PAYMENTS.join(INVOICES, INVOICES.c.invoice_id == PAYMENTS.c.invoice_id))
         .where(
@@ -202,6 +209,14 @@ def _failed_payments(policy: Policy, as_of: date) -> Subquery:
         )
         .group_by(INVOICES.c.customer_id)
         .subquery("failed_payments")
+    )
+
+
+def _open_disputes(as_of: date) -> Any:
+    """Invoices an operator (or diagnosis) put in a dispute open on `as_of`."""
+    return select(DISPUTES.c.invoice_id).where(
+        DISPUTES.c.opened_on <= as_of,
+        or_(DISPUTES.c.resolved_on.is_(None), DISPUTES.c.resolved_on > as_of),
     )
 
 

@@ -3,7 +3,8 @@
 Owed = amount - succeeded payments + refunds, counting only payments attempted by the date.
 An invoice marked `paid` or `void` owes nothing; one marked `open` whose payments cover it is
 paid. Only invoices that still owe something land in `invoice_balances`, which every later
-step of the run joins on.
+step of the run joins on; an invoice disputed (in the ledger, or by an operator's open dispute)
+is there but not `remindable`: no reminder asks for it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import Subquery
 
-from models import Invoice, InvoiceBalance, Money, Payment
+from models import Dispute, Invoice, InvoiceBalance, Money, Payment
 
+DISPUTES = Dispute.__table__
 INVOICES = Invoice.__table__
 PAYMENTS = Payment.__table__
 BALANCES = InvoiceBalance.__table__
@@ -83,6 +85,7 @@ def refresh_balances(conn: Connection, as_of: date) -> int:
     """Rebuild `invoice_balances` for `as_of`; returns how many invoices still owe money."""
     conn.execute(delete(BALANCES))
     positions = invoice_positions(as_of)
+    under_dispute = select(DISPUTES.c.invoice_id).where(DISPUTES.c.resolved_on.is_(None))
     owing = select(
         positions.c.invoice_id,
         positions.c.customer_id,
@@ -90,7 +93,7 @@ def refresh_balances(conn: Connection, as_of: date) -> int:
         positions.c.due_on,
         positions.c.currency,
         positions.c.owed,
-        positions.c.status != "disputed",
+        and_(positions.c.status != "disputed", positions.c.invoice_id.not_in(under_dispute)),
     ).where(and_(positions.c.owed > ZERO, positions.c.status.in_(("open", "disputed"))))
     result = conn.execute(
         insert(BALANCES).from_select(

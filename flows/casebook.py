@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from flows.balances import invoice_positions
 from flows.lifecycle import UnknownCase
 from models import (
     Case,
@@ -67,9 +68,10 @@ def operator_queue(conn: Connection, as_of: date) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-def case_story(conn: Connection, case_id: int) -> dict[str, Any]:
-    """A case with its customer (segment and why), invoices, payments, messages, promises,
-    disputes, escalation steps, queue items and events."""
+def case_story(conn: Connection, case_id: int, as_of: date) -> dict[str, Any]:
+    """A case with its customer (segment and why), the cause of non-payment, invoices (with
+    what is owed on each as of `as_of`), payments, messages, promises, disputes, escalation
+    steps, queue items and events."""
     case = conn.execute(select(CASES).where(CASES.c.id == case_id)).mappings().first()
     if case is None:
         raise UnknownCase(case_id)
@@ -79,8 +81,12 @@ def case_story(conn: Connection, case_id: int) -> dict[str, Any]:
         .mappings()
         .one()
     )
+    positions = invoice_positions(as_of)
     invoices = conn.execute(
-        select(INVOICES).where(INVOICES.c.customer_id == customer_id).order_by(INVOICES.c.due_on)
+        select(INVOICES, positions.c.owed)
+        .outerjoin(positions, positions.c.invoice_id == INVOICES.c.invoice_id)
+        .where(INVOICES.c.customer_id == customer_id)
+        .order_by(INVOICES.c.due_on, INVOICES.c.invoice_id)
     ).mappings()
     payments = conn.execute(
         select(PAYMENTS)
@@ -99,11 +105,14 @@ def case_story(conn: Connection, case_id: int) -> dict[str, Any]:
             MESSAGES.c.status,
             MESSAGES.c.status_reason,
             MESSAGES.c.sent_on,
+            MESSAGES.c.cause,
             MESSAGES.c.subject,
         )
         .where(MESSAGES.c.case_id == case_id)
         .order_by(MESSAGES.c.id)
     ).mappings()
+    messages = [dict(row) for row in messages]
+    causes = [m["cause"] for m in messages if m["kind"] == "reminder" and m["cause"]]
     events = conn.execute(
         select(EVENTS.c.on, EVENTS.c.kind, EVENTS.c.actor, EVENTS.c.detail)
         .where(EVENTS.c.case_id == case_id)
@@ -116,6 +125,7 @@ def case_story(conn: Connection, case_id: int) -> dict[str, Any]:
 
     return {
         "case": dict(case),
+        "cause": causes[-1] if causes else None,
         "promises": rows_of(PROMISES),
         "disputes": rows_of(DISPUTES),
         "escalation_steps": rows_of(STEPS),
@@ -123,6 +133,6 @@ def case_story(conn: Connection, case_id: int) -> dict[str, Any]:
         "customer": dict(customer),
         "invoices": [dict(row) for row in invoices],
         "payments": [dict(row) for row in payments],
-        "messages": [dict(row) for row in messages],
+        "messages": messages,
         "events": [dict(row) for row in events],
     }

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Connection, func, insert, literal, select, update
+from sqlalchemy import Connection, and_, delete, exists, func, insert, literal, select, update
 from sqlalchemy.engine import RowMapping
 
 from flows.balances import invoice_positions
@@ -33,6 +33,7 @@ from flows.lifecycle import (
     transition_case,
 )
 from flows.operator_queue import queue_cases, reopen_item, resolve_items
+from flows.outbox import PLANNED, SUPPRESSED, move
 from models import (
     Case,
     Customer,
@@ -165,15 +166,8 @@ def hold_reminders(conn: Connection, case_id: int, why: str) -> int:
 
     The stage still counts as done; the ladder continues with the next stage on resuming.
     """
-    return conn.execute(
-        update(MESSAGES)
-        .where(
-            MESSAGES.c.case_id == case_id,
-            MESSAGES.c.status == "planned",
-            MESSAGES.c.kind == "reminder",
-        )
-        .values(status="suppressed", status_reason=why)
-    ).rowcount
+    reminders = and_(MESSAGES.c.case_id == case_id, MESSAGES.c.kind == "reminder")
+    return len(move(conn, reminders, PLANNED, SUPPRESSED, why, datetime.now(UTC)))
 
 
 def cancel_promise(conn: Connection, case_id: int, as_of: date) -> int:
@@ -260,7 +254,13 @@ def record_promise(
 def mark_dispute(
     conn: Connection, invoice_id: str, operator: str, reason: str, as_of: date
 ) -> ActionResult:
-    """The customer disputes an invoice: the case's reminders stop and it goes to the queue."""
+    """The customer disputes an invoice: reminders stop asking for it and the case is queued.
+
+    The invoice leaves every reminder not sent yet (they are rendered again without it) and
+    is no longer remindable until the dispute is resolved. If the customer owes nothing else
+    a reminder could ask for, the whole case waits as `disputed`; otherwise its ladder goes
+    on for the other invoices.
+    """
     invoice = invoice_owed(conn, invoice_id, as_of)
     case = open_case_of(conn, invoice["customer_id"])
     if invoice["owed"] <= 0 or invoice["status"] not in ("open", "disputed"):
@@ -275,8 +275,10 @@ def mark_dispute(
     case_id = case["id"]
     data = {"invoice": invoice_id, "reason": reason}
     changes = [f"invoice {invoice_id} disputed: {reason}"]
-    if case["status"] == DISPUTED:
+    if case["status"] == DISPUTED or remindable_besides(conn, case, invoice_id, as_of):
         record_events(conn, select(literal(case_id)), "dispute_opened", as_of, data, operator)
+        if case["status"] != DISPUTED:
+            changes.append(f"case stays {case['status']}: its other invoices are still reminded")
     else:
         if case["status"] == PROMISED:
             cancel_promise(conn, case_id, as_of)
@@ -300,10 +302,55 @@ def mark_dispute(
     ).scalar_one()
     reopen_item(conn, case_id, "disputed", as_of)
     queue_cases(conn, select(literal(case_id), literal(case["customer_id"])), "disputed", as_of)
-    held = hold_reminders(conn, case_id, "disputed")
+    held = withdraw_invoice(conn, case_id, invoice_id)
     changes += [f"dispute {dispute_id} opened; the case is in the operator queue"]
-    changes += [f"{held} planned reminder(s) held back"] if held else []
+    changes += [f"{held} planned reminder(s) no longer ask for it"] if held else []
     return ActionResult("Dispute opened", case_id, case["customer_id"], operator, changes)
+
+
+def remindable_besides(conn: Connection, case: RowMapping, invoice_id: str, as_of: date) -> bool:
+    """Whether the case's customer owes on an invoice other than `invoice_id` that a reminder
+    may ask for (open, not disputed in the ledger nor by an open dispute)."""
+    positions = invoice_positions(as_of)
+    under_dispute = select(DISPUTES.c.invoice_id).where(DISPUTES.c.resolved_on.is_(None))
+    other = conn.execute(
+        select(positions.c.invoice_id)
+        .where(
+            positions.c.customer_id == case["customer_id"],
+            positions.c.invoice_id != invoice_id,
+            positions.c.owed > 0,
+            positions.c.status == "open",
+            positions.c.invoice_id.not_in(under_dispute),
+        )
+        .limit(1)
+    ).first()
+    return other is not None
+
+
+def withdraw_invoice(conn: Connection, case_id: int, invoice_id: str) -> int:
+    """Take a disputed invoice off the case's reminders not sent yet; returns how many.
+
+    Those left with other invoices are rendered again (their text is cleared; the action flow
+    renders them at once); those left with none are suppressed, reason `disputed`.
+    """
+    planned = select(MESSAGES.c.id).where(
+        MESSAGES.c.case_id == case_id,
+        MESSAGES.c.status == PLANNED,
+        MESSAGES.c.kind == "reminder",
+    )
+    on_them = and_(ITEMS.c.invoice_id == invoice_id, ITEMS.c.message_id.in_(planned))
+    touched = conn.scalars(delete(ITEMS).where(on_them).returning(ITEMS.c.message_id)).all()
+    if not touched:
+        return 0
+    has_items = exists().where(ITEMS.c.message_id == MESSAGES.c.id)
+    emptied = and_(MESSAGES.c.id.in_(touched), ~has_items)
+    move(conn, emptied, PLANNED, SUPPRESSED, "disputed", datetime.now(UTC))
+    conn.execute(
+        update(MESSAGES)
+        .where(MESSAGES.c.id.in_(touched), MESSAGES.c.status == PLANNED)
+        .values(subject=None, body_text=None, body_html=None, rendered_at=None)
+    )
+    return len(touched)
 
 
 def resolve_dispute(
@@ -316,7 +363,8 @@ def resolve_dispute(
     credit: Decimal | None = None,
 ) -> ActionResult:
     """Decide a dispute. Upheld: the invoice is credited (in full unless `credit` says less).
-    Rejected: the invoice stands. Once the case has no open dispute, its ladder resumes
+    Rejected: the invoice stands and reminders may ask for it again. Once the case has no
+    open dispute it leaves the queue, and a case that waited as `disputed` resumes its ladder
     where it was, without repeating a stage."""
     dispute = conn.execute(select(DISPUTES).where(DISPUTES.c.id == dispute_id)).mappings().first()
     if dispute is None:
@@ -346,7 +394,11 @@ def resolve_dispute(
     ).scalar_one()
     if still_open or case["status"] != DISPUTED:
         record_events(conn, select(literal(case_id)), "dispute_resolved", as_of, data, operator)
-        changes.append(f"{still_open} other dispute(s) still open on the case")
+        if still_open:
+            changes.append(f"{still_open} other dispute(s) still open on the case")
+        else:
+            resolve_items(conn, case_id, "disputed", as_of)
+            changes.append(f"the invoice is reminded again with the case ({case['status']})")
     else:
         back = case["resume_status"]
         transition_case(

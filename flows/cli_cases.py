@@ -79,9 +79,11 @@ def queue_claim(item_id: int, operator: OperatorOption, as_json: JsonOption = Fa
 def case_command(case_id: int, as_json: JsonOption = False) -> None:
     """One case's story: segment, invoices, payments, messages, promises, disputes, events."""
     from flows.casebook import case_story
+    from flows.pipeline import business_today
 
-    with engine_for(get_settings()).connect() as conn:
-        story = case_story(conn, case_id)
+    settings = get_settings()
+    with engine_for(settings).connect() as conn:
+        story = case_story(conn, case_id, business_today(settings))
     if as_json:
         emit_json(story)
         return
@@ -92,8 +94,7 @@ def case_command(case_id: int, as_json: JsonOption = False) -> None:
         f"(now {customer['segment'] or '-'}: {customer['segment_rule'] or '-'}), "
         f"ladder {case['ladder']}, stage {case['stage'] or '-'}"
     )
-    if case.get("cause"):
-        out.print(f"cause: {case['cause']}")
+    out.print(f"cause: {story['cause'] or 'not diagnosed yet'}", highlight=False)
     if case["paused_until"]:
         out.print(f"paused until {case['paused_until']}, then back to {case['resume_status']}")
     for title, keys in STORY_TABLES:
@@ -107,9 +108,9 @@ def case_command(case_id: int, as_json: JsonOption = False) -> None:
 
 
 STORY_TABLES = (
-    ("Invoices", ("invoice_id", "due_on", "amount", "currency", "status")),
+    ("Invoices", ("invoice_id", "due_on", "amount", "owed", "currency", "status")),
     ("Payments", ("payment_id", "invoice_id", "attempted_on", "amount", "status", "failure_code")),
-    ("Messages", ("id", "stage", "planned_on", "status", "status_reason", "sent_on")),
+    ("Messages", ("id", "stage", "planned_on", "status", "status_reason", "sent_on", "cause")),
     ("Promises", ("id", "amount", "currency", "promised_on", "grace_until", "status", "actor")),
     ("Disputes", ("id", "invoice_id", "reason", "opened_on", "outcome", "resolved_on")),
     ("Escalation steps", ("step", "done_on", "delivered_at", "attempts", "last_error")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -10,6 +11,12 @@ from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Without PREFECT_API_URL (the demo, a laptop, CI) each command starts Prefect's ephemeral API
+# server, whose cold start can exceed Prefect's 20 s default on a loaded machine ("Timed out
+# while attempting to connect to ephemeral Prefect API server"). Set before Prefect is imported;
+# a value the user set wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 class Settings(BaseSettings):

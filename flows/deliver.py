@@ -36,7 +36,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from email.message import Message as EmailMessage
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,7 +69,7 @@ from flows.contact_policy import Contact
 from flows.errors import DeliveryError
 from flows.escalate import queue_cases
 from flows.lifecycle import CLOSED, PAUSED_STATES
-from flows.mail import build_email, sender_domain, unsubscribe_url
+from flows.mail import Composer, Email
 from flows.outbox import (
     BOUNCED,
     FAILED,
@@ -137,7 +136,7 @@ class DeliveryReport:
 class Transport(Protocol):
     """Hands one email to the mail system; raises when it was not accepted."""
 
-    async def send(self, email: EmailMessage) -> None: ...
+    async def send(self, email: Email) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -148,8 +147,8 @@ class MaildirTransport:
     def __init__(self, path: Path):
         self._maildir = mailbox.Maildir(path, create=True)
 
-    async def send(self, email: EmailMessage) -> None:
-        self._maildir.add(email)
+    async def send(self, email: Email) -> None:
+        self._maildir.add(email.data)
 
     async def close(self) -> None:
         self._maildir.close()
@@ -159,9 +158,10 @@ class SmtpTransport:
     """A pool of SMTP connections, one per concurrent sender, each reused from send to send.
 
     A connection found closed is reopened before the next email; one that failed mid-send is
-    closed, since its state is unknown. Failing to open a session (refused, timed out, TLS or
-    login rejected) raises DeliveryError: the server's or the settings' fault, not the
-    message's, so it counts as transient.
+    closed, since its state is unknown, and so is one the server answered 421 (closing).
+    Failing to open a session (refused, timed out, TLS or login rejected) raises
+    DeliveryError: the server's or the settings' fault, not the message's, so it counts as
+    transient.
     """
 
     def __init__(self, settings: Settings):
@@ -174,14 +174,18 @@ class SmtpTransport:
             else None
         )
 
-    async def send(self, email: EmailMessage) -> None:
+    async def send(self, email: Email) -> None:
         client = self._idle.pop() if self._idle else self._new_client()
         try:
             if not client.is_connected:
                 await self._connect(client)
-            await client.send_message(email)
+            await client.sendmail(email.sender, [email.recipient], email.data)
         except (ConnectionError, TimeoutError):
             client.close()
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421:  # the server is closing the session (RFC 5321 3.8)
+                client.close()
             raise
         finally:
             self._idle.append(client)
@@ -263,8 +267,6 @@ def deliver_due(
     Safe to run again and from several workers at once. `contact` defaults to the policy's
     contact rules; `now` (default: the clock) is when the delivery happens.
     """
-    sender_domain(settings)  # bad mail settings stop the run before anything is claimed
-    unsubscribe_url(settings, "check")
     contact = contact if contact is not None else load_policy(settings.policy).contact
     clock: Clock = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
     delivery = Delivery(engine, settings, as_of, contact, clock, worker_name())
@@ -283,14 +285,27 @@ def deliver_with_workers(
     """
     if workers <= 1:
         return _worker(settings, as_of, batch_size)
-    context = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited sockets
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_worker_context()) as pool:
         futures = [pool.submit(_worker, settings, as_of, batch_size) for _ in range(workers)]
         reports = [future.result() for future in futures]
     total = DeliveryReport()
     for report in reports:
         total.merge(report)
     return total
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Where worker processes come from: clean interpreters, never a fork of this process
+    (its threads, Prefect's included, and its sockets must not be copied).
+
+    Where available, a fork server that has imported this module once forks them: importing
+    Collectflow anew in each worker costs seconds of CPU; otherwise each is spawned.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _worker(settings: Settings, as_of: date, batch_size: int) -> DeliveryReport:
@@ -326,7 +341,7 @@ class _Job:
 
     message_id: int
     attempts: int
-    email: EmailMessage
+    email: Email
 
 
 @dataclass(frozen=True)
@@ -360,17 +375,28 @@ class Delivery:
         self.contact = contact
         self.clock = clock
         self.worker = worker
+        self.composer = Composer(settings)  # bad mail settings stop us before any claim
         self.report = DeliveryReport()
         self._pending: list[_Result] = []
         self._flush = asyncio.Event()
         self._unexpected: list[BaseException] = []
 
     async def run(self, batch_size: int) -> None:
-        """Claim batches while anything is due, with senders and the recorder running along."""
+        """Claim batches while anything is due, with senders and the recorder running along.
+
+        Under a rate limit, batches shrink so that a claimed message waits about half its
+        lease at most for its turn (plus one slot per sender): a lease must not run out while
+        its message is still queued.
+        """
+        rate = self.settings.smtp_rate_per_second
+        if rate:
+            batch_size = min(
+                batch_size, max(1, int(rate * self.settings.delivery_lease_seconds / 2))
+            )
         transport = transport_for(self.settings)
         queue: asyncio.Queue[_Job | None] = asyncio.Queue(batch_size)
         concurrency = max(self.settings.smtp_concurrency, 1)
-        limit = RateLimit(self.settings.smtp_rate_per_second)
+        limit = RateLimit(rate)
         senders = [
             asyncio.create_task(self._sender(queue, transport, limit)) for _ in range(concurrency)
         ]
@@ -399,11 +425,11 @@ class Delivery:
             batch = await asyncio.to_thread(self._claim, after, batch_size - queue.qsize())
             if batch is None:
                 return
-            after, rows, roots = batch
+            after, rows, threads = batch
             for row in rows:
-                thread_root = roots.get(row["case_id"]) if row["kind"] == "reminder" else None
+                earlier = threads.get(row["case_id"], []) if row["kind"] == "reminder" else []
                 try:
-                    email = build_email(row, self.settings, thread_root)
+                    email = self.composer.compose(row, earlier)
                 except DeliveryError as exc:
                     self._done(_Result(row["id"], FAILED, "invalid_address", str(exc)))
                     continue
@@ -422,7 +448,7 @@ class Delivery:
                 log.exception("message %s: unexpected error while sending", job.message_id)
                 self._unexpected.append(exc)
             else:
-                header = str(job.email["Message-ID"])
+                header = job.email.message_id
                 self._done(_Result(job.message_id, SENT, None, None, self.clock(), header))
 
     def _done(self, result: _Result) -> None:
@@ -464,11 +490,11 @@ class Delivery:
 
     # --- database work, run in a thread ------------------------------------------------------
 
-    def _claim(self, after: int, size: int) -> tuple[int, list[Any], dict[int, str]] | None:
+    def _claim(self, after: int, size: int) -> tuple[int, list[Any], dict[int, list[str]]] | None:
         """Re-check and claim the next due messages after id `after`; None when none is due.
 
-        Returns the last id looked at, the claimed rows (ready to build emails from) and the
-        thread root of each of their cases.
+        Returns the last id looked at, the claimed rows (ready to build emails from) and, per
+        case, the Message-IDs of its reminders already sent (the thread to reply in).
         """
         now = self.clock()
         with self.engine.begin() as conn:
@@ -484,10 +510,15 @@ class Delivery:
             )
             if not ids:
                 return None
+            last = ids[-1]
+            busy = _customers_busy_elsewhere(conn, ids)
+            if busy:
+                _count(self.report.deferred, ["same_customer"] * len(busy))
+                ids = [message_id for message_id in ids if message_id not in busy]
             _count(self.report.suppressed, self._suppress(conn, ids, now))
             claimable = self._hold_back(conn, ids, now)
             if not claimable:
-                return ids[-1], [], {}
+                return last, [], {}
             claimed = move(
                 conn,
                 MESSAGES.c.id.in_(claimable),
@@ -501,8 +532,8 @@ class Delivery:
                 attempts=MESSAGES.c.attempts + 1,
             )
             rows = conn.execute(_batch_rows(claimed)).mappings().all()
-            roots = _thread_roots(conn, {row["case_id"] for row in rows})
-        return ids[-1], list(rows), roots
+            threads = _threads(conn, {row["case_id"] for row in rows})
+        return last, list(rows), threads
 
     def _suppress(self, conn: Connection, ids: Sequence[int], now: datetime) -> list[str]:
         """Suppress what must not go out now, each for its reason; returns the reasons."""
@@ -521,22 +552,19 @@ class Delivery:
         settled_reason = case(
             (_items_owed(self.as_of, disputed=True), "disputed"), else_="paid_before_send"
         )
-        rules: list[tuple[ColumnElement[bool], str | ColumnElement[str]]] = [
+        reason = case(  # the first rule that holds names the reason
             (and_(to_customer(), do_not_contact), "do_not_contact"),
             (and_(to_customer(), opted_out()), "opted_out"),
             (address_bounced(), "address_bounced"),
             (and_(to_customer(), case_on_hold), case_state),
             (~_items_owed(self.as_of, disputed=False), settled_reason),
-        ]
-        reasons: list[str] = []
-        for condition, reason in rules:
-            where = and_(candidates, condition)
-            moved = move(conn, where, PLANNED, SUPPRESSED, reason, now, self.worker)
-            if moved:
-                reasons += conn.scalars(
-                    select(MESSAGES.c.status_reason).where(MESSAGES.c.id.in_(moved))
-                ).all()
-        return reasons
+            else_=None,
+        )
+        where = and_(candidates, reason.is_not(None))
+        moved = move(conn, where, PLANNED, SUPPRESSED, reason, now, self.worker)
+        if not moved:
+            return []
+        return list(conn.scalars(select(MESSAGES.c.status_reason).where(MESSAGES.c.id.in_(moved))))
 
     def _hold_back(self, conn: Connection, ids: Sequence[int], now: datetime) -> list[int]:
         """The ids that may be claimed now; counts the ones the cap holds back, and defers the
@@ -653,6 +681,28 @@ _RESULT_UPDATE = (
 )
 
 
+def _customers_busy_elsewhere(conn: Connection, ids: Sequence[int]) -> set[int]:
+    """On PostgreSQL, lock the customers of these messages for this claim, and return the
+    messages whose customer another worker holds (their turn comes in a later pass).
+
+    Without it, two workers claiming at the same moment could each see the other's message
+    to a customer as still planned, and send both: one over the cap. SKIP LOCKED never
+    waits, so no two claims can deadlock. On SQLite claims take turns and need no lock.
+    """
+    if conn.dialect.name != "postgresql":
+        return set()
+    mine = select(MESSAGES.c.id, MESSAGES.c.customer_id).where(MESSAGES.c.id.in_(ids))
+    owners: dict[int, str] = {mid: owner for mid, owner in conn.execute(mine.where(to_customer()))}
+    wanted = CUSTOMERS.c.customer_id.in_(set(owners.values()))
+    known = set(conn.scalars(select(CUSTOMERS.c.customer_id).where(wanted)))
+    locked = set(
+        conn.scalars(
+            select(CUSTOMERS.c.customer_id).where(wanted).with_for_update(skip_locked=True)
+        )
+    )
+    return {message_id for message_id, owner in owners.items() if owner in known - locked}
+
+
 def _due(as_of: date, now: datetime) -> ColumnElement[bool]:
     return and_(
         MESSAGES.c.status == PLANNED,
@@ -727,8 +777,9 @@ def _batch_rows(claimed: list[int]) -> Any:
     )
 
 
-def _thread_roots(conn: Connection, case_ids: set[int]) -> dict[int, str]:
-    """Per case, the Message-ID of its earliest sent reminder: what later stages reply to."""
+def _threads(conn: Connection, case_ids: set[int]) -> dict[int, list[str]]:
+    """Per case, the Message-IDs of its reminders sent so far, oldest first: what a later
+    stage replies to (the latest) and references (all), so they show as one conversation."""
     if not case_ids:
         return {}
     rows: Sequence[Row[Any]] = conn.execute(
@@ -741,10 +792,10 @@ def _thread_roots(conn: Connection, case_ids: set[int]) -> dict[int, str]:
         )
         .order_by(MESSAGES.c.sent_at, MESSAGES.c.id)
     ).all()
-    roots: dict[int, str] = {}
+    threads: dict[int, list[str]] = {}
     for case_id, message_id_header in rows:
-        roots.setdefault(case_id, message_id_header)
-    return roots
+        threads.setdefault(case_id, []).append(message_id_header)
+    return threads
 
 
 def _count(counts: dict[str, int], reasons: Sequence[str]) -> None:

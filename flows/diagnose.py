@@ -3,10 +3,12 @@
 Plan calls `diagnose_planned` once the day's messages and their items exist. Each item gets a
 cause from the latest failed payment attempt on its invoice within `diagnosis.lookback_days`:
 
-- `order_issue`: the attempt failed for an order reason (e.g. product not received). The item
-  is taken off the message (reminders pause for it), the case goes to the operator queue with
-  reason `order_issue`, and the case log names the invoice. A message left with no item is
-  suppressed with reason `order_issue`.
+- `order_issue`: the attempt failed for an order reason (e.g. product not received). It
+  becomes a dispute that waits for a person: a `disputes` row naming the code and attempt
+  (the invoice is not reminded of until it is resolved), the invoice taken off today's
+  reminders, the case queued (`disputed`, the detail naming the order issue) and paused as
+  `disputed` when nothing else is owed. The operator decides it like any dispute
+  (`resolve-dispute`); once decided, that failure no longer counts as an order issue.
 - `outage`: the attempt failed inside an open outage window of its gateway (flows/outage.py):
   the message is suppressed with reason `gateway_outage`; the apology comes when it ends.
   Once the window has ended such a failure counts as technical.
@@ -17,12 +19,13 @@ A message takes the first cause its items have in `CAUSES` order (the least blam
 nobody reads "you have not paid" about a payment we failed to take) and that cause's template
 from `diagnosis.templates`; `no_attempt` keeps the ladder's. Overpaid invoices go to the queue
 for a refund (`refund_due`); they never reach a reminder, since only owing invoices have
-balances. Everything is set-based SQL over the day's messages.
+balances. Disputed invoices of customers with no open case are queued too (`disputed`), so
+nobody whose only debt is disputed is forgotten. Everything is set-based SQL.
 """
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -45,11 +48,26 @@ from flows.balances import ZERO
 from flows.diagnosis_policy import CAUSES
 from flows.events import json_detail, record_events
 from flows.failures import failure_class_sql
+from flows.lifecycle import ACTIVE, DISPUTED, transition
 from flows.operator_queue import queue_cases
 from flows.outage import APOLOGY_STAGE, detect_outages, plan_apologies
+from flows.outbox import move
 from flows.policy import Policy
-from models import Invoice, Message, MessageItem, OutageWindow, Payment, QueueItem
+from models import (
+    Case,
+    Dispute,
+    Invoice,
+    InvoiceBalance,
+    Message,
+    MessageItem,
+    OutageWindow,
+    Payment,
+    QueueItem,
+)
 
+BALANCES = InvoiceBalance.__table__
+CASES = Case.__table__
+DISPUTES = Dispute.__table__
 INVOICES = Invoice.__table__
 MESSAGES = Message.__table__
 ITEMS = MessageItem.__table__
@@ -66,22 +84,25 @@ def diagnose_planned(conn: Connection, policy: Policy, as_of: date) -> None:
     )
     diagnose_items(conn, policy, as_of, select(MESSAGES.c.id).where(todays))
     set_message_causes(conn, policy, as_of, todays)
-    pause_order_issues(conn, as_of)
-    conn.execute(
-        update(MESSAGES)
-        .where(MESSAGES.c.planned_on == as_of, MESSAGES.c.status == "planned")
-        .where(MESSAGES.c.cause == "outage", MESSAGES.c.stage != APOLOGY_STAGE)
-        .values(status="suppressed", status_reason="gateway_outage")
+    pause_order_issues(conn, policy, as_of)
+    during_outage = and_(
+        MESSAGES.c.planned_on == as_of,
+        MESSAGES.c.cause == "outage",
+        MESSAGES.c.stage != APOLOGY_STAGE,
     )
+    move(conn, during_outage, "planned", "suppressed", "gateway_outage", datetime.now(UTC))
     plan_apologies(conn, policy, as_of)
     queue_refunds(conn, policy, as_of)
+    queue_uncased_disputes(conn, as_of)
 
 
-def item_cause(policy: Policy, as_of: date, invoice_id: ColumnElement[Any]) -> ColumnElement[str]:
-    """The cause of non-payment of `invoice_id`, from its latest recent failed attempt."""
+def latest_failure(
+    policy: Policy, as_of: date, invoice_id: ColumnElement[Any]
+) -> ColumnElement[Any]:
+    """The id of the latest failed attempt on `invoice_id` within the lookback, or NULL."""
     since = as_of - timedelta(days=policy.diagnosis.lookback_days)
     failure = PAYMENTS.alias("failure")
-    latest = (
+    return (
         select(failure.c.payment_id)
         .where(
             failure.c.invoice_id == invoice_id,
@@ -94,11 +115,26 @@ def item_cause(policy: Policy, as_of: date, invoice_id: ColumnElement[Any]) -> C
         .correlate_except(failure)  # to the invoice, however deep it is nested
         .scalar_subquery()
     )
+
+
+def item_cause(policy: Policy, as_of: date, invoice_id: ColumnElement[Any]) -> ColumnElement[str]:
+    """The cause of non-payment of `invoice_id`, from its latest recent failed attempt.
+
+    An order failure already taken up as a dispute (one opened on or after the attempt) is
+    not a new order issue: once an operator has decided it, the invoice stands and gets the
+    ladder's own message (`no_attempt`), instead of reopening the same dispute every day.
+    """
+    latest = latest_failure(policy, as_of, invoice_id)
     attempt = PAYMENTS.alias("attempt")
     latest_class = (
         select(failure_class_sql(policy.diagnosis, attempt.c.failure_code))
         .where(attempt.c.payment_id == latest)
         .scalar_subquery()
+    )
+    taken_up = exists().where(
+        attempt.c.payment_id == latest,
+        DISPUTES.c.invoice_id == attempt.c.invoice_id,
+        DISPUTES.c.opened_on >= attempt.c.attempted_on,
     )
     in_window = exists().where(
         attempt.c.payment_id == latest,
@@ -109,6 +145,7 @@ def item_cause(policy: Policy, as_of: date, invoice_id: ColumnElement[Any]) -> C
     in_open_window = in_window.where(OUTAGES.c.ended_on.is_(None))
     return case(
         (latest.is_(None), "no_attempt"),
+        (and_(latest_class == "order", taken_up), "no_attempt"),
         (latest_class == "order", "order_issue"),
         (in_open_window, "outage"),
         (or_(in_window, latest_class == "technical"), "payment_failed_technical"),
@@ -155,37 +192,164 @@ def set_message_causes(
     )
 
 
-def pause_order_issues(conn: Connection, as_of: date) -> int:
-    """Take order-issue items off today's messages, queue their cases, log the invoices."""
-    order_items = and_(
-        ITEMS.c.message_id == MESSAGES.c.id,
-        ITEMS.c.cause == "order_issue",
-        MESSAGES.c.planned_on == as_of,
+def pause_order_issues(conn: Connection, policy: Policy, as_of: date) -> int:
+    """Turn each order issue on today's reminders into a dispute that waits for a person.
+
+    Per invoice: a `disputes` row whose reason names the failure code and the attempt (so the
+    invoice is not remindable until an operator resolves it), an `order_issue` event in the
+    case log, and the invoice taken off today's reminders (one left with none is suppressed,
+    `order_issue`). Per case: an operator queue item `disputed` whose detail is that reason,
+    and, when the customer owes nothing else a reminder could ask for, the case waits as
+    `disputed`, exactly as after an operator's "mark dispute". Returns the disputes opened.
+    """
+    today = select(MESSAGES.c.id).where(
+        MESSAGES.c.planned_on == as_of, MESSAGES.c.kind == "reminder"
     )
-    affected = select(MESSAGES.c.case_id, json_detail("invoice_id", ITEMS.c.invoice_id)).where(
-        order_items
-    )
-    record_events(conn, affected, "order_issue", as_of)
-    queue_cases(
+    order_items = and_(ITEMS.c.message_id.in_(today), ITEMS.c.cause == "order_issue")
+    opened = _open_order_disputes(conn, policy, as_of, order_items)
+    on_messages = select(MESSAGES.c.case_id).join(ITEMS, ITEMS.c.message_id == MESSAGES.c.id)
+    cases = on_messages.where(order_items)
+    record_events(
         conn,
-        select(MESSAGES.c.case_id, MESSAGES.c.customer_id).where(order_items).distinct(),
+        on_messages.add_columns(json_detail("invoice_id", ITEMS.c.invoice_id)).where(order_items),
         "order_issue",
         as_of,
     )
-    conn.execute(
-        delete(ITEMS).where(
-            ITEMS.c.cause == "order_issue",
-            ITEMS.c.message_id.in_(select(MESSAGES.c.id).where(MESSAGES.c.planned_on == as_of)),
-        )
-    )
+    _queue_order_disputes(conn, cases, as_of)
+    _pause_cases_with_nothing_else(conn, cases, as_of)
+    conn.execute(delete(ITEMS).where(order_items))
     emptied = and_(
         MESSAGES.c.planned_on == as_of,
-        MESSAGES.c.status == "planned",
         MESSAGES.c.cause == "order_issue",
         not_(exists().where(ITEMS.c.message_id == MESSAGES.c.id)),
     )
+    move(conn, emptied, "planned", "suppressed", "order_issue", datetime.now(UTC))
+    return opened
+
+
+def _open_order_disputes(
+    conn: Connection, policy: Policy, as_of: date, order_items: ColumnElement[bool]
+) -> int:
+    """One open dispute per order-issue invoice (unless it already has one)."""
+    attempt = PAYMENTS.alias("attempt")
+    reason = (
+        literal("order issue: ")
+        + func.coalesce(attempt.c.failure_code, "")
+        + literal(" (payment ")
+        + attempt.c.payment_id
+        + literal(")")
+    )
+    open_dispute = exists().where(
+        DISPUTES.c.invoice_id == ITEMS.c.invoice_id, DISPUTES.c.resolved_on.is_(None)
+    )
+    disputes = (
+        select(
+            MESSAGES.c.case_id,
+            ITEMS.c.invoice_id,
+            reason,
+            literal(as_of, DISPUTES.c.opened_on.type),
+        )
+        .join_from(ITEMS, MESSAGES, ITEMS.c.message_id == MESSAGES.c.id)
+        .join(attempt, attempt.c.payment_id == latest_failure(policy, as_of, ITEMS.c.invoice_id))
+        .where(order_items, not_(open_dispute))
+        .distinct()
+    )
     return conn.execute(
-        update(MESSAGES).where(emptied).values(status="suppressed", status_reason="order_issue")
+        insert(DISPUTES).from_select(["case_id", "invoice_id", "reason", "opened_on"], disputes)
+    ).rowcount
+
+
+def _queue_order_disputes(conn: Connection, cases: Any, as_of: date) -> None:
+    """Queue the cases as `disputed` (what the operator must do: decide the dispute, which
+    resolves the item), the detail naming the order issue and its invoice."""
+    conn.execute(
+        update(QUEUE)
+        .where(
+            QUEUE.c.case_id.in_(cases),
+            QUEUE.c.reason == "disputed",
+            QUEUE.c.resolved_on.is_not(None),
+        )
+        .values(resolved_on=None, claimed_by=None, created_on=as_of, detail=None)
+    )
+    queue_cases(
+        conn,
+        select(CASES.c.id, CASES.c.customer_id).where(CASES.c.id.in_(cases)),
+        "disputed",
+        as_of,
+    )
+    todays_reason = (
+        select(DISPUTES.c.reason + literal(" on ") + DISPUTES.c.invoice_id)
+        .where(DISPUTES.c.case_id == QUEUE.c.case_id, DISPUTES.c.opened_on == as_of)
+        .order_by(DISPUTES.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    conn.execute(
+        update(QUEUE)
+        .where(QUEUE.c.case_id.in_(cases), QUEUE.c.reason == "disputed", QUEUE.c.detail.is_(None))
+        .values(detail=todays_reason)
+    )
+
+
+def _pause_cases_with_nothing_else(conn: Connection, cases: Any, as_of: date) -> int:
+    """Move to `disputed` the active cases whose customer owes nothing a reminder may still
+    ask for (every remaining invoice is disputed)."""
+    under_dispute = select(DISPUTES.c.invoice_id).where(DISPUTES.c.resolved_on.is_(None))
+    remindable_left = exists().where(
+        BALANCES.c.customer_id == CASES.c.customer_id,
+        BALANCES.c.remindable,
+        BALANCES.c.invoice_id.not_in(under_dispute),
+    )
+    waiting = and_(CASES.c.id.in_(cases), CASES.c.status.in_(ACTIVE), not_(remindable_left))
+    return transition(
+        conn,
+        select(CASES.c.id).where(waiting),
+        DISPUTED,
+        as_of,
+        "dispute_opened",
+        why="order issue found by diagnosis",
+        values={
+            "paused_until": None,
+            "resume_status": func.coalesce(CASES.c.resume_status, CASES.c.status),
+        },
+    )
+
+
+def queue_uncased_disputes(conn: Connection, as_of: date) -> int:
+    """Queue each disputed invoice (ledger status `disputed`, money owed) of a customer with
+    no open case, once per invoice (reason `disputed`, detail = invoice id, no case).
+
+    Customers with an open case are queued per case by escalate (`queue_disputes`); without
+    this, a customer whose only debt is disputed would never reach a person. Such an item is
+    done once its invoice is no longer disputed and owing, or once the customer has an open
+    case (whose own `disputed` item takes over).
+    """
+    disputed = select(BALANCES.c.invoice_id).where(BALANCES.c.remindable.is_(False))
+    uncased = QUEUE.c.case_id.is_(None)
+    cased = select(CASES.c.customer_id).where(CASES.c.closed_on.is_(None))
+    conn.execute(
+        update(QUEUE)
+        .where(uncased, QUEUE.c.reason == "disputed", QUEUE.c.resolved_on.is_(None))
+        .where(or_(QUEUE.c.detail.not_in(disputed), QUEUE.c.customer_id.in_(cased)))
+        .values(resolved_on=as_of)
+    )
+    already = exists().where(
+        uncased,
+        QUEUE.c.reason == "disputed",
+        QUEUE.c.detail == BALANCES.c.invoice_id,
+        QUEUE.c.resolved_on.is_(None),
+    )
+    source = select(
+        literal(None, QUEUE.c.case_id.type),
+        BALANCES.c.customer_id,
+        literal("disputed"),
+        BALANCES.c.invoice_id,
+        literal(as_of, QUEUE.c.created_on.type),
+    ).where(BALANCES.c.remindable.is_(False), BALANCES.c.customer_id.not_in(cased), not_(already))
+    return conn.execute(
+        insert(QUEUE).from_select(
+            ["case_id", "customer_id", "reason", "detail", "created_on"], source
+        )
     ).rowcount
 
 

@@ -131,8 +131,9 @@ def send_suspension_signals(engine: Engine, settings: Settings, report: HandoffR
             .where(_pending("suspension"))
             .order_by(STEPS.c.id)
         ).all()
-    if rows and not settings.suspension_webhook_url:
-        log.warning("%s suspension signal(s) pending: no suspension webhook URL set", len(rows))
+    missing = not_configured(settings)
+    if rows and missing:
+        log.warning("%s suspension signal(s) pending: %s", len(rows), missing)
         report.signals_pending = len(rows)
         return
     for index, row in enumerate(rows):
@@ -161,6 +162,16 @@ def send_suspension_signals(engine: Engine, settings: Settings, report: HandoffR
         report.signals_sent += 1
 
 
+def not_configured(settings: Settings) -> str | None:
+    """Why signals cannot be sent, or None: both the URL and the secret are needed, since an
+    unsigned suspension request is one the billing system must not trust."""
+    if not settings.suspension_webhook_url:
+        return "no suspension webhook URL set (COLLECTFLOW_SUSPENSION_WEBHOOK_URL)"
+    if settings.suspension_webhook_secret is None:
+        return "no webhook secret set (COLLECTFLOW_SUSPENSION_WEBHOOK_SECRET): never sent unsigned"
+    return None
+
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The signature header value: `sha256=` + HMAC-SHA256 of `<timestamp>.<body>`."""
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
@@ -168,9 +179,15 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def post_signed(settings: Settings, payload: dict[str, Any]) -> tuple[int, str | None]:
-    """POST `payload` as signed JSON, retrying with backoff; returns (attempts, last error)."""
+    """POST `payload` as signed JSON, retrying with backoff; returns (attempts, last error).
+
+    Timeouts, connection errors, 5xx, 408 and 429 are retried; any other 4xx (e.g. 401 for a
+    signature the receiver refuses) would fail the same way again, so it ends the attempts.
+    """
     body = json.dumps(payload, sort_keys=True).encode()
-    secret = settings.suspension_webhook_secret
+    if settings.suspension_webhook_secret is None:
+        return 0, "no webhook secret set: never sent unsigned"
+    secret = settings.suspension_webhook_secret.get_secret_value()
     error: str | None = None
     for attempt in range(1, settings.webhook_attempts + 1):
         timestamp = str(int(time.time()))
@@ -178,9 +195,8 @@ def post_signed(settings: Settings, payload: dict[str, Any]) -> tuple[int, str |
             "Content-Type": "application/json",
             "Idempotency-Key": payload["id"],
             "X-Collectflow-Timestamp": timestamp,
+            "X-Collectflow-Signature": sign(secret, timestamp, body),
         }
-        if secret is not None:
-            headers["X-Collectflow-Signature"] = sign(secret.get_secret_value(), timestamp, body)
         request = urllib.request.Request(
             str(settings.suspension_webhook_url), data=body, headers=headers, method="POST"
         )
@@ -190,9 +206,16 @@ def post_signed(settings: Settings, payload: dict[str, Any]) -> tuple[int, str |
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.warning("suspension webhook attempt %s failed: %s", attempt, error)
+            if isinstance(exc, urllib.error.HTTPError) and not retryable(exc.code):
+                return attempt, error
         if attempt < settings.webhook_attempts:
             time.sleep(settings.webhook_backoff * 2 ** (attempt - 1))
     return settings.webhook_attempts, error
+
+
+def retryable(status: int) -> bool:
+    """Whether an HTTP error status may succeed if the same request is sent again."""
+    return status >= 500 or status in (408, 429)
 
 
 def export_agency_handoffs(
@@ -229,7 +252,9 @@ def export_agency_handoffs(
 
 
 def agency_rows(as_of: date) -> Any:
-    """One row per invoice still owed by each case pending hand-off to the agency."""
+    """One row per invoice still owed by each case pending hand-off to the agency; a disputed
+    invoice is not handed off (a case whose every invoice is disputed waits until one is
+    not)."""
     return (
         select(
             STEPS.c.id.label("step_id"),
@@ -252,6 +277,6 @@ def agency_rows(as_of: date) -> Any:
             .join(BALANCES, BALANCES.c.customer_id == CASES.c.customer_id)
             .join(INVOICES, INVOICES.c.invoice_id == BALANCES.c.invoice_id)
         )
-        .where(_pending("agency"))
+        .where(_pending("agency"), BALANCES.c.remindable)
         .order_by(CASES.c.id, BALANCES.c.due_on, BALANCES.c.invoice_id)
     )

@@ -231,7 +231,7 @@ class Comparison:
         if not self.holdout_messages:
             return "no holdout to compare with"
         if self.too_small or interval is None:
-            return f"too small to conclude (each group needs {self.min_sample})"
+            return "too small to conclude"
         if interval.low > 0:
             return "better than holdout"
         if interval.high < 0:
@@ -254,6 +254,7 @@ class Comparison:
             "ci_high": None if interval is None else round(interval.high, 4),
             "ci_method": None if interval is None else interval.method,
             "verdict": self.verdict,
+            "min_sample": self.min_sample,
         }
 
 

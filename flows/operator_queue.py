@@ -1,9 +1,11 @@
 """The operator queue: cases that need a person, with the reason; claimed by one operator.
 
-Reasons: `escalated` (past the ladder), `disputed` (a dispute to decide), `bounced` (the
-address refused mail), `refund_due` (paid twice or overpaid), `write_off` (a proposed
-write-off to confirm). Other steps add items with `queue_cases`; an item is added once per
-case and reason, logged in the case's events, and resolved when its matter is settled.
+Reasons (`REASONS`): `escalated` (past the ladder), `disputed` (a dispute to decide),
+`bounced` (the address refused mail), `refund_due` (paid twice or overpaid), `write_off` (a
+proposed write-off to confirm), `order_issue` (a payment failed for an order reason) and
+`delivery_in_doubt` (a message that may or may not have gone). Steps add items with
+`queue_cases`; an item is added once per case and reason, logged in the case's events, and
+resolved when its matter is settled.
 """
 
 from __future__ import annotations
@@ -18,7 +20,17 @@ from flows.events import json_detail, record_events
 from models import QueueItem, insert_ignoring_conflicts
 
 QUEUE = QueueItem.__table__
-REASONS = ("escalated", "disputed", "bounced", "refund_due", "write_off")
+REASONS = frozenset(
+    {
+        "escalated",
+        "disputed",
+        "bounced",
+        "refund_due",
+        "write_off",
+        "order_issue",
+        "delivery_in_doubt",
+    }
+)
 
 
 class ClaimRefused(CollectflowError):
@@ -31,6 +43,8 @@ def queue_cases(conn: Connection, cases: Select[Any], reason: str, as_of: date) 
     An item resolved earlier for the same case and reason stays resolved (the queue keeps one
     row per case and reason); `reopen_item` brings it back when the matter comes up again.
     """
+    if reason not in REASONS:
+        raise ValueError(f"{reason!r} is not a queue reason ({', '.join(sorted(REASONS))})")
     selected = cases.subquery()
     source = select(
         selected.c[0], selected.c[1], literal(reason), literal(as_of, QUEUE.c.created_on.type)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from sqlalchemy import Connection, Engine, String, and_, cast, func, insert, literal, select, update
@@ -24,6 +24,8 @@ from sqlalchemy import Connection, Engine, String, and_, cast, func, insert, lit
 from flows.config import Settings
 from flows.diagnosis_policy import Outage
 from flows.events import record_events
+from flows.mail import Email, one_line, sender_domain
+from flows.outbox import move
 from flows.policy import Policy
 from models import (
     Case,
@@ -191,17 +193,13 @@ def _apologise(conn: Connection, policy: Policy, window: Any, as_of: date) -> in
     conn.execute(
         insert(ITEMS).from_select(["message_id", "invoice_id", "currency", "owed", "cause"], items)
     )
-    conn.execute(
-        update(MESSAGES)
-        .where(
-            MESSAGES.c.planned_on == as_of,
-            MESSAGES.c.kind == "reminder",
-            MESSAGES.c.status == "planned",
-            MESSAGES.c.stage != APOLOGY_STAGE,
-            MESSAGES.c.case_id.in_(select(MESSAGES.c.case_id).where(apologies)),
-        )
-        .values(status="suppressed", status_reason="outage_apology")
+    replaced = and_(
+        MESSAGES.c.planned_on == as_of,
+        MESSAGES.c.kind == "reminder",
+        MESSAGES.c.stage != APOLOGY_STAGE,
+        MESSAGES.c.case_id.in_(select(MESSAGES.c.case_id).where(apologies)),
     )
+    move(conn, replaced, "planned", "suppressed", "outage_apology", datetime.now(UTC))
     record_events(
         conn,
         select(MESSAGES.c.case_id).where(apologies),
@@ -271,12 +269,15 @@ def _publish(markdown: str) -> None:
 
 
 def _alert_email(settings: Settings, to: str, windows: list[Any], markdown: str) -> EmailMessage:
+    """The alert email. Gateway names come from the ledger, so the subject takes them as one
+    safe line."""
     email = EmailMessage()
     email["From"] = settings.smtp_from
     email["To"] = to
-    gateways = ", ".join(sorted({w.gateway for w in windows}))
+    gateways = one_line(", ".join(sorted({w.gateway for w in windows})))
     email["Subject"] = f"Collectflow: payment gateway outage ({gateways})"
     email["Date"] = format_datetime(datetime.now(UTC))
+    email["Message-ID"] = make_msgid("outage", sender_domain(settings))
     email.set_content(markdown, charset="utf-8")
     return email
 
@@ -286,6 +287,6 @@ async def _send(settings: Settings, email: EmailMessage) -> None:
 
     transport = transport_for(settings)
     try:
-        await transport.send(email)
+        await transport.send(Email.of(email))
     finally:
         await transport.close()

@@ -124,8 +124,10 @@ def attribute_payments(conn: Connection, as_of: date, window_days: int) -> int:
             PAYMENTS.c.invoice_id,
             PAYMENTS.c.amount,
             PAYMENTS.c.attempted_on,
-            ranked(MESSAGES.c.sent_on.desc(), MESSAGES.c.id.desc()).label("last"),
-            ranked(MESSAGES.c.sent_on, MESSAGES.c.id).label("first"),
+            ranked(
+                MESSAGES.c.sent_on.desc(), MESSAGES.c.sent_at.desc(), MESSAGES.c.id.desc()
+            ).label("last"),
+            ranked(MESSAGES.c.sent_on, MESSAGES.c.sent_at, MESSAGES.c.id).label("first"),
         )
         .select_from(
             PAYMENTS.join(ITEMS, ITEMS.c.invoice_id == PAYMENTS.c.invoice_id).join(

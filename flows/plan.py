@@ -14,7 +14,7 @@ plans nothing twice. Everything here is set-based SQL; no per-customer Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -42,6 +42,7 @@ from flows.events import json_detail, record_events
 from flows.experiments import assign_stage_experiments
 from flows.lifecycle import ACTIVE, REMINDING, RESOLVED, transition
 from flows.lifecycle import OPEN as OPEN_STATE
+from flows.outbox import move
 from flows.pauses import review_pauses
 from flows.policy import Policy
 from models import (
@@ -351,15 +352,10 @@ def suppress_uncontactable(conn: Connection, as_of: date) -> int:
         (func.trim(CUSTOMERS.c.email) == "", "no_email"),
         (and_(CUSTOMERS.c.autopay, not_(charge_failed)), "autopay_pending"),
     )
-    result = conn.execute(
-        update(MESSAGES)
-        .where(
-            MESSAGES.c.customer_id == CUSTOMERS.c.customer_id,
-            MESSAGES.c.planned_on == as_of,
-            MESSAGES.c.status == "planned",
-            MESSAGES.c.kind == "reminder",
-            reason.is_not(None),
-        )
-        .values(status="suppressed", status_reason=reason)
+    todays = and_(
+        MESSAGES.c.customer_id == CUSTOMERS.c.customer_id,
+        MESSAGES.c.planned_on == as_of,
+        MESSAGES.c.kind == "reminder",
+        reason.is_not(None),
     )
-    return result.rowcount
+    return len(move(conn, todays, "planned", "suppressed", reason, datetime.now(UTC)))

@@ -33,7 +33,7 @@ FEATURES: dict[str, str] = {
     "open_invoices": "invoices with money owed (count)",
     "oldest_overdue_days": "days since the due date of the oldest overdue invoice (days, 0 none)",
     "failed_payments_30d": "failed payment attempts in the last failed_payment_days (count)",
-    "disputes": "invoices currently disputed (count)",
+    "disputes": "invoices currently disputed, in the ledger or by an open dispute (count)",
     "tenure_days": "days since the customer's first invoice (days)",
     "p90_days_late": "90th percentile (nearest rank) of days past due at payment over paid "
     "invoices (days, 0 when on time; empty when nothing was paid yet)",
@@ -42,6 +42,8 @@ FEATURES: dict[str, str] = {
     "failed_customer_30d": "of failed_payments_30d, those failing for a customer reason "
     "(declined, insufficient funds, expired card) (count)",
     "broken_promises": "promises to pay broken in the trailing window (count)",
+    "failed_order_30d": "of failed_payments_30d, those failing for an order reason "
+    "(product not received, subscription canceled) (count)",
 }
 OPERATORS = ("gte", "gt", "lte", "lt", "eq", "ne")
 STEPS = ("operator_queue", "account_manager", "suspension", "agency", "write_off")
@@ -253,22 +255,47 @@ def _money_operand(operand: float) -> Decimal:
 
 
 def condition_matches(condition: dict[str, Any], values: dict[str, Any]) -> bool:
-    """Evaluate a condition in Python (for explaining one customer), SQL NULL semantics."""
+    """Evaluate a condition in Python (for explaining one customer) exactly as SQL would.
+
+    SQL's three-valued logic decides, not Python's: an empty feature makes its comparison
+    UNKNOWN, `not` of UNKNOWN stays UNKNOWN, and a CASE WHEN only matches on TRUE. Without that,
+    `{not: {on_time_ratio: {gte: 0.9}}}` would match a customer with no paid invoice here but
+    not in the segment query, and the explanation would contradict the stored segment.
+    """
+    return _truth(condition, values) is True
+
+
+def _truth(condition: dict[str, Any], values: dict[str, Any]) -> bool | None:
+    """TRUE, FALSE or UNKNOWN (None) for a condition: its keys are ANDed, like condition_sql."""
+    results: list[bool | None] = []
     for key, value in condition.items():
-        if key == "all" and not all(condition_matches(item, values) for item in value):
-            return False
-        if key == "any" and not any(condition_matches(item, values) for item in value):
-            return False
-        if key == "not" and condition_matches(value, values):
-            return False
-        if key in FEATURES and not _python_compare(values.get(key), value):
-            return False
-    return True
+        if key == "all":
+            results.append(_and([_truth(item, values) for item in value]))
+        elif key == "any":
+            results.append(_or([_truth(item, values) for item in value]))
+        elif key == "not":
+            inner = _truth(value, values)
+            results.append(None if inner is None else not inner)
+        elif key in FEATURES:
+            results.append(_python_compare(values.get(key), value))
+    return _and(results)
 
 
-def _python_compare(actual: Any, ops: dict[str, float]) -> bool:
-    if actual is None:
+def _and(results: list[bool | None]) -> bool | None:
+    if any(result is False for result in results):
         return False
+    return None if any(result is None for result in results) else True
+
+
+def _or(results: list[bool | None]) -> bool | None:
+    if any(result is True for result in results):
+        return True
+    return None if any(result is None for result in results) else False
+
+
+def _python_compare(actual: Any, ops: dict[str, float]) -> bool | None:
+    if actual is None:
+        return None
     checks = {
         "gte": lambda a, b: a >= b,
         "gt": lambda a, b: a > b,

@@ -121,6 +121,7 @@ class CustomerFeatures(SQLModel, table=True):
     failed_technical_30d: int = 0
     failed_customer_30d: int = 0
     broken_promises: int = 0
+    failed_order_30d: int = 0
 
 
 class SegmentChange(SQLModel, table=True):
@@ -155,7 +156,7 @@ class Case(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     customer_id: str = Field(foreign_key="customers.customer_id", max_length=64)
-    status: str = Field(default="open", max_length=16, description="open|escalated|resolved")
+    status: str = Field(default="open", max_length=16, description="see flows/lifecycle.py")
     segment: str
     ladder: str
     stage_index: int = Field(default=-1, description="index of the last stage done, -1 none")
@@ -182,6 +183,7 @@ class Message(SQLModel, table=True):
     __table_args__ = (
         Index("ix_messages_status_planned", "status", "planned_on"),
         Index("ix_messages_case", "case_id"),
+        Index("ix_messages_customer", "customer_id", "status"),  # contact rules, per customer
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -368,7 +370,8 @@ class Promise(SQLModel, table=True):
 
 
 class Dispute(SQLModel, table=True):
-    """A customer's dispute of one invoice; the case waits until an operator resolves it."""
+    """A customer's dispute of one invoice: no reminder asks for it until an operator
+    resolves the dispute (the whole case waits if nothing else is owed)."""
 
     __tablename__ = "disputes"
     __table_args__ = (Index("ix_disputes_case", "case_id", "resolved_on"),)

@@ -54,6 +54,24 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
+WRITTEN_BY_RUNS = ("exports", "outbox", "collectflow.db")
+"""What a run writes to the working directory by default; tests must write it elsewhere."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point the run's default folders away from the checkout for every test, even those
+    without the `settings` fixture, and fail the session if one appeared there anyway."""
+    before = {name for name in WRITTEN_BY_RUNS if (PROJECT_ROOT / name).exists()}
+    scratch = tmp_path_factory.mktemp("defaults")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLLECTFLOW_EXPORTS", str(scratch / "exports"))
+        patch.setenv("COLLECTFLOW_OUTBOX", str(scratch / "outbox"))
+        yield
+    appeared = {name for name in WRITTEN_BY_RUNS if (PROJECT_ROOT / name).exists()} - before
+    assert not appeared, f"tests wrote {sorted(appeared)} into the checkout {PROJECT_ROOT}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness() -> Iterator[None]:
     """One Prefect test server for the whole session (it takes seconds to start)."""

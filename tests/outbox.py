@@ -10,14 +10,15 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, and_, func, insert, or_, select
 
-from models import Case, Invoice, Message, MessageItem
+from models import Case, Invoice, Message, MessageEvent, MessageItem
 
 CASES = Case.__table__
 MESSAGES = Message.__table__
 ITEMS = MessageItem.__table__
 INVOICES = Invoice.__table__
+EVENTS = MessageEvent.__table__
 
 STAGE_INDEX = {"pre_due": 0, "gentle": 1, "firm": 2, "final": 3}
 
@@ -79,3 +80,33 @@ def sent_message(
             )
         )
     return message_id
+
+
+def unlogged_moves(conn: Connection) -> list[tuple[int, str, str | None]]:
+    """Messages whose status is not where their last logged move took them, as (id, status,
+    target of the last move): every move must go through `flows.outbox.move`. A message still
+    `planned` may have no move at all."""
+    last = (
+        select(EVENTS.c.message_id, func.max(EVENTS.c.id).label("event_id"))
+        .group_by(EVENTS.c.message_id)
+        .subquery()
+    )
+    moved_to = EVENTS.c.to_status
+    return [
+        (mid, status, target)
+        for mid, status, target in conn.execute(
+            select(MESSAGES.c.id, MESSAGES.c.status, moved_to)
+            .select_from(
+                MESSAGES.outerjoin(last, last.c.message_id == MESSAGES.c.id).outerjoin(
+                    EVENTS, EVENTS.c.id == last.c.event_id
+                )
+            )
+            .where(
+                or_(
+                    and_(MESSAGES.c.status != "planned", moved_to.is_(None)),
+                    moved_to != MESSAGES.c.status,
+                )
+            )
+            .order_by(MESSAGES.c.id)
+        )
+    ]

@@ -48,6 +48,13 @@ class Envelope:
 
 
 @dataclass(frozen=True)
+class Closing:
+    """A fault: answer `reply` (a 421) and close the session, as a real server does."""
+
+    reply: str
+
+
+@dataclass(frozen=True)
 class Stall:
     """A fault: say nothing for `seconds`, then refuse (the client should have given up)."""
 
@@ -59,14 +66,37 @@ class RecordingHandler:
 
     A queued fault is a reply to give instead of accepting, None to close the connection
     without a word, as a crashing server or a broken network would, or a Stall. `latency`
-    makes every accepted message take that long, like a slow real server.
+    makes every accepted message take that long, like a slow real server. `most_at_once`
+    is the largest number of messages it was receiving at the same time; `greetings`, how
+    many EHLO greetings it answered (one a connection; two with STARTTLS).
     """
 
     def __init__(self) -> None:
         self.envelopes: list[Envelope] = []
-        self.faults: deque[str | Stall | None] = deque()
+        self.faults: deque[str | Stall | Closing | None] = deque()
         self.latency = 0.0
         self.lock = threading.Lock()
+        self.at_once = 0
+        self.most_at_once = 0
+        self.greetings = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        with self.lock:
+            self.greetings += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        if getattr(session, "closing", False):  # after a 421 the session is over
+            server.transport.close()
+            return "421 4.3.0 closed"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
@@ -74,14 +104,21 @@ class RecordingHandler:
         if isinstance(fault, Stall):
             await asyncio.sleep(fault.seconds)
             return "451 4.4.2 stalled"
+        if isinstance(fault, Closing):
+            session.closing = True
+            return fault.reply
         if fault is None:
             server.transport.close()  # what aiosmtpd writes next is discarded
             return "451 4.3.0 never seen by the client"
         if fault != "accept":
             return fault
+        with self.lock:
+            self.at_once += 1
+            self.most_at_once = max(self.most_at_once, self.at_once)
         if self.latency:
             await asyncio.sleep(self.latency)
         with self.lock:
+            self.at_once -= 1
             self.envelopes.append(
                 Envelope(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
             )
@@ -140,6 +177,11 @@ class SmtpServer:
         """Answer the next `times` messages with `reply` (e.g. "550 5.1.1 No such user")."""
         with self.handler.lock:
             self.handler.faults.extend([reply] * times)
+
+    def answer_and_close(self, reply: str) -> None:
+        """Answer the next message with `reply` (a 421), then end that session."""
+        with self.handler.lock:
+            self.handler.faults.append(Closing(reply))
 
     def drop_connection(self, times: int = 1) -> None:
         """Close the connection instead of answering the next `times` messages."""

@@ -17,20 +17,34 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.client.schemas.sorting import ArtifactSort
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowFilter,
+    FlowFilterName,
+)
+from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.exceptions import ParameterTypeError
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, insert, literal, select
 from typer.testing import CliRunner
 
 from flows import actions
 from flows.casework import ActionRefused
 from flows.cli import app
 from flows.config import Settings
-from flows.lifecycle import TransitionRefused, UnknownCase
-from flows.operator_queue import ClaimRefused, claim_item
+from flows.lifecycle import TransitionRefused, UnknownCase, transition_case
+from flows.operator_queue import ClaimRefused, claim_item, queue_cases
 from flows.pipeline import business_today, open_run, run_day
-from models import Case, CaseEvent, Dispute, Message, Payment, Promise, QueueItem
+from models import (
+    Case,
+    CaseEvent,
+    Dispute,
+    EscalationStep,
+    Message,
+    Payment,
+    Promise,
+    QueueItem,
+)
 from tests.ledger import Ledger
 
 CASES, MESSAGES = Case.__table__, Message.__table__
@@ -250,3 +264,64 @@ def test_two_operators_claiming_at_once_get_one_claim(
 
     assert sorted(outcomes.values())[1] == "won"
     assert "already claimed by" in sorted(outcomes.values())[0]
+
+
+def test_confirm_a_proposed_write_off_through_its_flow(
+    engine: Engine, cases: dict[str, int], today: date
+) -> None:
+    anna = cases["ANNA"]
+    with engine.begin() as conn:  # what the escalation's write_off step leaves behind
+        transition_case(conn, anna, "escalated", today, "escalated", actor="system")
+        conn.execute(
+            insert(EscalationStep.__table__).values(case_id=anna, step="write_off", done_on=today)
+        )
+        queue_cases(conn, select(literal(anna), literal("ANNA")), "write_off", today)
+
+    result = actions.confirm_write_off(anna, "ana", "customer insolvent")
+
+    assert result["changes"] == [
+        f"written off: 250.00 EUR (proposed on {today})",
+        "case: escalated → written_off",
+    ]
+    assert status(engine, anna) == "written_off"
+    assert "### Write-off confirmed" in artifact(f"case-{anna}")
+    with engine.connect() as conn:
+        event = conn.execute(select(CaseEvent).order_by(CaseEvent.id.desc()).limit(1)).one()
+        item = conn.execute(select(QueueItem).where(QueueItem.reason == "write_off")).one()
+    assert (event.kind, event.actor, json.loads(event.detail)["why"]) == (
+        "written_off", "ana", "customer insolvent",
+    )  # fmt: skip
+    assert item.resolved_on == today
+    with pytest.raises(TransitionRefused, match="cannot go from 'written_off'"):
+        actions.confirm_write_off(anna, "bob")
+
+
+def test_a_refused_action_leaves_a_failed_run_that_says_why(
+    engine: Engine, cases: dict[str, int], today: date
+) -> None:
+    with pytest.raises(ActionRefused):
+        actions.pause_customer("BERT", today, "holiday", "ana")
+
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["pause-customer"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+    assert run.state is not None and run.state.is_failed()
+    assert f"pause end {today} is not after today" in str(run.state.message)
+
+
+def test_the_case_command_tells_the_story(engine: Engine, cases: dict[str, int]) -> None:
+    actions.mark_dispute("INV-ANNA", "ana", "wrong quantity")
+    shown = CliRunner().invoke(app, ["case", str(cases["ANNA"])], terminal_width=200)
+
+    assert shown.exit_code == 0, shown.output
+    text = shown.stdout
+    assert f"Case {cases['ANNA']}" in text and "disputed, segment on_time" in text
+    assert "cause: no_attempt" in text
+    for title in ("Invoices", "Payments", "Messages", "Disputes", "Queue", "Events"):
+        assert title in text, title
+    assert "INV-ANNA" in text and "250.0000" in text
+    assert "gentle" in text and "sent" in text
+    assert "dispute_opened" in text and "ana" in text

@@ -10,17 +10,18 @@ Four customers owe money on DUE and have an open case:
 from __future__ import annotations
 
 import mailbox
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from prefect.artifacts import Artifact
+from sqlalchemy import Engine, func, insert, select, update
 
 from flows.campaign import Audience, campaign
 from flows.config import Settings
 from flows.outcomes import record_outcomes
-from models import Message, Outcome
+from models import ContactBlock, Customer, Message, Outcome
 from tests.ledger import Ledger
 from tests.outbox import open_case
 
@@ -121,3 +122,63 @@ def test_a_campaign_with_a_holdout_records_each_customers_arm(
         (customer, arms.assign(customer)) for customer in ("BIG", "SMALL", "USD")
     ]
     assert held == sum(1 for r in rows if r.variant == "holdout")
+
+
+def test_segments_and_locale_pick_the_audience(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Four owing customers: the audience is French-speaking chronic payers only."""
+    ledger = Ledger()
+    for customer, locale in (("FR_CHRONIC", "fr-CA"), ("FR_ONTIME", "fr"), ("EN_CHRONIC", "en"),
+                             ("FRISIAN", "fy")):  # fmt: skip
+        ledger.customer(customer, locale=locale)
+        ledger.invoice(f"INV-{customer}", customer, DUE)
+    ledger.load(engine, tmp_path / "ledger", settings)
+    customers = Customer.__table__
+    with engine.begin() as conn:
+        for customer in ("FR_CHRONIC", "FR_ONTIME", "EN_CHRONIC", "FRISIAN"):
+            open_case(conn, customer, DUE)
+            segment = "on_time" if customer == "FR_ONTIME" else "chronic"
+            conn.execute(
+                update(customers).where(customers.c.customer_id == customer).values(segment=segment)
+            )
+
+    preview = campaign(
+        "relance", "firm", audience=Audience(segments=["chronic"], locale="fr"), as_of=TODAY
+    )
+
+    assert [row["customer_id"] for row in preview["sample"]] == ["FR_CHRONIC"]
+    assert preview["planned"] == 1
+
+
+def test_an_opted_out_customer_is_suppressed_by_the_contact_rules(
+    engine: Engine, settings: Settings, owing: Ledger
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            insert(ContactBlock.__table__).values(
+                scope="customer",
+                value="BIG",
+                reason="opted_out",
+                at=datetime(2026, 3, 10, tzinfo=UTC),
+            )
+        )
+
+    result = campaign("spring_statement", "firm", audience=AUDIENCE, as_of=TODAY, dry_run=False)
+
+    assert (result["planned"], result["sent"]) == (1, 0)
+    assert result["statuses"] == {"opted_out": 1}
+    assert campaign_messages(engine) == [("campaign:spring_statement:BIG", "BIG", "suppressed")]
+    assert delivered(settings) == 0
+
+
+def test_the_dry_run_publishes_its_preview_as_an_artifact(
+    engine: Engine, settings: Settings, owing: Ledger
+) -> None:
+    campaign("spring_statement", "firm", audience=AUDIENCE, as_of=TODAY)
+
+    artifact = Artifact.get("campaign-spring-statement")
+    assert artifact is not None
+    assert "Dry run: nothing stored, nothing sent." in artifact.data
+    assert "| planned | 1 |" in artifact.data
+    assert "250.00" in artifact.data  # the sample message, rendered

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.config import Settings
 from tests.ledger import Ledger
+from tests.outbox import unlogged_moves
 
 DUE = date(2026, 3, 2)
 
@@ -88,3 +89,5 @@ def test_demo_seeds_runs_and_a_second_demo_sends_nothing(
     )
     assert second["totals"]["sent"] == 0
     assert second["totals"]["nothing_new"] is True
+    with engine.connect() as conn:
+        assert unlogged_moves(conn) == [], "every status change is in message_events"

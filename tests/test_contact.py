@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -203,4 +204,62 @@ def test_two_messages_due_to_one_customer_go_one_delivery_apart(
     assert message_row(engine, first).status == "sent"
     assert sent_messages(engine) == 1
 
+    assert deliver_due(engine, settings, AS_OF, Contact(cap=None)).sent == 1
+
+
+def customers_with_three_due_messages(engine: Engine, count: int) -> None:
+    """`count` customers, each with a reminder and two campaign messages due today; the
+    messages of one customer are far apart in id order, so they fall in different batches."""
+    with engine.begin() as conn:
+        for n in range(count):
+            add_customer(conn, f"C{n}", email=f"c{n}@example.org")
+            add_invoice(conn, f"C{n}", f"INV-{n}")
+            add_case(conn, f"C{n}")
+        for index, kind in enumerate(("reminder", "campaign", "campaign")):
+            for n in range(count):
+                add_message(conn, n + 1, f"C{n}", [f"INV-{n}"], stage_index=index, kind=kind,
+                            to_address=f"c{n}@example.org")  # fmt: skip
+
+
+def test_concurrent_workers_never_exceed_the_cap(engine: Engine, settings: Settings) -> None:
+    customers_with_three_due_messages(engine, 30)
+    one_a_week = Contact(cap=Cap(messages=1, days=7))
+    reports = []
+
+    def worker() -> None:
+        reports.append(deliver_due(engine, settings, AS_OF, one_a_week, batch_size=4))
+
+    workers = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+
+    with engine.connect() as conn:
+        per_customer = dict(
+            conn.execute(
+                select(MESSAGES.c.customer_id, func.count())
+                .where(MESSAGES.c.status == "sent")
+                .group_by(MESSAGES.c.customer_id)
+            ).all()
+        )
+    assert per_customer == {f"C{n}": 1 for n in range(30)}
+    assert sum(report.sent for report in reports) == 30
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_customer_another_worker_is_claiming_for_waits_for_the_next_pass(
+    engine: Engine, settings: Settings
+) -> None:
+    first = customer_with_reminder(engine, "C1")
+    other = customer_with_reminder(engine, "C2")
+    with engine.connect() as conn, conn.begin():  # another worker, mid-claim for C1
+        conn.execute(select(CUSTOMERS).where(CUSTOMERS.c.customer_id == "C1").with_for_update())
+
+        report = deliver_due(engine, settings, AS_OF, Contact(cap=None))
+
+    assert (report.sent, report.deferred) == (1, {"same_customer": 1})
+    assert message_row(engine, first).status == "planned"
+    assert message_row(engine, other).status == "sent"
     assert deliver_due(engine, settings, AS_OF, Contact(cap=None)).sent == 1

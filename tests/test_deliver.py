@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import mailbox
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -23,7 +24,7 @@ from flows.config import Settings, get_settings
 from flows.deliver import MAX_ATTEMPTS, deliver_due
 from flows.delivery import deliver as deliver_flow
 from flows.errors import ConfigError
-from flows.mail import build_email, message_id_for, unsubscribe_token
+from flows.mail import Composer, message_id_for, unsubscribe_token
 from models import (
     Case,
     ContactBlock,
@@ -170,6 +171,18 @@ def add_message(
     return message_id
 
 
+def reminders_to_customers(engine: Engine, count: int) -> list[int]:
+    """`count` customers C0, C1, ..., each owing one invoice and due one reminder: their ids."""
+    with engine.begin() as conn:
+        ids = []
+        for n in range(count):
+            customer_id = add_customer(conn, f"C{n}", email=f"c{n}@example.org")
+            add_invoice(conn, customer_id, f"INV-{n}")
+            ids.append(add_message(conn, add_case(conn, customer_id), customer_id, [f"INV-{n}"],
+                                   to_address=f"c{n}@example.org"))  # fmt: skip
+    return ids
+
+
 def overdue_reminder(engine: Engine, **message: Any) -> int:
     """One customer, one overdue invoice, one case, one rendered reminder: its id."""
     customer = {key: message.pop(key) for key in ("name", "locale") if key in message}
@@ -297,25 +310,26 @@ def test_a_french_reminder_arrives_over_smtp_with_both_parts(
     assert email.get_body(preferencelist=("plain",)).get_content_charset() == "utf-8"
 
 
-def test_later_stages_thread_under_the_first_reminder_of_the_case(
+def test_later_stages_reply_to_the_previous_one_and_reference_them_all(
     engine: Engine, smtp: SmtpServer
 ) -> None:
-    first = overdue_reminder(engine)
+    ids = [overdue_reminder(engine)]
+    case_id = message_row(engine, ids[0]).case_id
     deliver_due(engine, get_settings(), AS_OF)
-    case_id = message_row(engine, first).case_id
-    with engine.begin() as conn:
-        second = add_message(
-            conn, case_id, "C1", ["INV-1"], stage_index=1, planned_on=date(2025, 3, 17)
-        )
+    for stage, day in ((1, date(2025, 3, 17)), (2, date(2025, 3, 24))):
+        with engine.begin() as conn:
+            ids.append(add_message(conn, case_id, "C1", ["INV-1"], stage_index=stage,
+                                   planned_on=day))  # fmt: skip
+        deliver_due(engine, get_settings(), day)
 
-    deliver_due(engine, get_settings(), date(2025, 3, 17))
-
-    root, follow_up = smtp.emails
-    assert root["Message-ID"] == message_row(engine, first).message_id_header
-    assert follow_up["Message-ID"] == message_row(engine, second).message_id_header
-    assert follow_up["Message-ID"] != root["Message-ID"]
-    assert follow_up["In-Reply-To"] == root["Message-ID"]
-    assert follow_up["References"] == root["Message-ID"]
+    root, second, third = smtp.emails
+    headers = [message_row(engine, message_id).message_id_header for message_id in ids]
+    assert [email["Message-ID"] for email in (root, second, third)] == headers
+    assert len(set(headers)) == 3
+    assert root["In-Reply-To"] is None and root["References"] is None
+    assert (second["In-Reply-To"], second["References"]) == (headers[0], headers[0])
+    assert third["In-Reply-To"] == headers[1]
+    assert third["References"] == f"{headers[0]} {headers[1]}"
 
 
 def test_reply_to_and_a_configured_unsubscribe_box_are_used(
@@ -571,17 +585,58 @@ def test_a_dropped_connection_is_reopened_for_the_next_message(
 ) -> None:
     monkeypatch.setenv("COLLECTFLOW_SMTP_CONCURRENCY", "1")
     get_settings.cache_clear()
-    with engine.begin() as conn:
-        for n in range(1, 4):
-            customer_id = add_customer(conn, f"C{n}", email=f"c{n}@example.org")
-            add_invoice(conn, customer_id, f"INV-{n}")
-            add_message(conn, add_case(conn, customer_id), customer_id, [f"INV-{n}"])
+    reminders_to_customers(engine, 3)
     smtp.drop_connection()
 
     report = deliver_due(engine, get_settings(), AS_OF, batch_size=1)
 
     assert (report.sent, report.retrying) == (2, 1)
     assert len(smtp.envelopes) == 2
+    assert smtp.handler.greetings == 2
+
+
+def test_after_a_421_the_session_is_closed_and_the_next_message_goes_on_a_new_one(
+    engine: Engine, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLLECTFLOW_SMTP_CONCURRENCY", "1")
+    get_settings.cache_clear()
+    first, *_ = reminders_to_customers(engine, 3)
+    smtp.answer_and_close("421 4.7.0 Too busy, closing the connection")
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert (report.sent, report.retrying) == (2, 1)
+    assert "421" in message_row(engine, first).last_error
+    assert smtp.handler.greetings == 2
+
+
+def test_connections_are_pooled_and_never_more_than_the_concurrency(
+    engine: Engine, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLLECTFLOW_SMTP_CONCURRENCY", "3")
+    get_settings.cache_clear()
+    reminders_to_customers(engine, 24)
+    smtp.slow_down(0.03)
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert report.sent == 24
+    assert smtp.handler.most_at_once == 3
+    assert smtp.handler.greetings == 3, "one connection per sender, reused"
+
+
+def test_the_rate_limit_spaces_the_sends(
+    engine: Engine, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLLECTFLOW_SMTP_RATE_PER_SECOND", "20")
+    get_settings.cache_clear()
+    reminders_to_customers(engine, 10)
+    started = time.perf_counter()
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert report.sent == 10
+    assert time.perf_counter() - started >= 9 / 20
 
 
 # --- hostile data ---------------------------------------------------------------------------
@@ -634,27 +689,19 @@ def test_the_subject_stays_on_one_line(settings: Settings) -> None:
         "message_id_header": None,
     }
 
-    email = build_email(row, settings, thread_root=None)
+    built = Composer(settings).compose(row)
 
+    email = BytesParser(policy=policy.default).parsebytes(built.data)
     assert email["Bcc"] is None
     assert email["Subject"] == "Overdue Bcc: evil@example.net"
+    assert (built.sender, built.recipient) == ("billing@example.com", "ada@example.org")
 
 
 # --- several workers ------------------------------------------------------------------------
 
 
 def test_concurrent_deliveries_send_each_message_once(engine: Engine, smtp: SmtpServer) -> None:
-    with engine.begin() as conn:
-        for n in range(40):
-            customer_id = add_customer(conn, f"C{n}", email=f"c{n}@example.org")
-            add_invoice(conn, customer_id, f"INV-{n}")
-            add_message(
-                conn,
-                add_case(conn, customer_id),
-                customer_id,
-                [f"INV-{n}"],
-                to_address=f"c{n}@example.org",
-            )
+    reminders_to_customers(engine, 40)
     reports = []
 
     def worker() -> None:

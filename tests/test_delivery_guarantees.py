@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, func, insert, select, update
 
 from flows.config import Settings, get_settings
-from flows.deliver import FLUSH_SIZE, deliver_due, deliver_with_workers
+from flows.deliver import FLUSH_SIZE, deliver_due, deliver_with_workers, recheck_expired_leases
 from flows.outbox import NotInDoubt, resolve_in_doubt
 from models import Case, Customer, Invoice, Message, MessageEvent, MessageItem, QueueItem
 from tests.smtp_server import SmtpServer
@@ -143,6 +144,26 @@ def test_a_message_left_sending_past_its_lease_is_in_doubt_not_resent(
 
     assert deliver_due(engine, get_settings(), AS_OF).sent == 1
     assert arrivals(smtp) == {1: 1, 2: 1, 3: 1}
+
+
+def test_under_a_rate_limit_no_lease_runs_out_while_its_message_waits_its_turn(
+    engine: Engine, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLLECTFLOW_SMTP_RATE_PER_SECOND", "4")
+    monkeypatch.setenv("COLLECTFLOW_DELIVERY_LEASE_SECONDS", "2")
+    monkeypatch.setenv("COLLECTFLOW_SMTP_CONCURRENCY", "1")
+    get_settings.cache_clear()
+    seed_reminders(engine, 12)  # three seconds of sending at 4 a second
+    worker = threading.Thread(target=deliver_due, args=(engine, get_settings(), AS_OF))
+    worker.start()
+    time.sleep(2.4)  # had it claimed all 12 at once, the last ones' leases would be over
+
+    found = recheck_expired_leases(engine, AS_OF, datetime.now(UTC), "another worker")
+
+    worker.join()
+    assert found == []
+    assert arrivals(smtp) == {n: 1 for n in range(1, 13)}
+    assert set(statuses(engine).values()) == {"sent"}
 
 
 @pytest.mark.postgres

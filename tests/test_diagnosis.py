@@ -14,12 +14,14 @@ import yaml
 from sqlalchemy import Engine, select
 
 from flows.casebook import operator_queue
+from flows.casework import resolve_dispute
 from flows.config import PROJECT_ROOT, Settings
 from flows.errors import PolicyError
 from flows.pipeline import open_run, run_day
 from flows.policy import load_policy
-from models import CaseEvent, Message, MessageItem, QueueItem
+from models import Case, CaseEvent, Dispute, Message, MessageItem, QueueItem
 from tests.ledger import Ledger
+from tests.outbox import unlogged_moves
 
 DUE = date(2026, 3, 2)
 RUN = DUE + timedelta(days=3)
@@ -27,6 +29,8 @@ MESSAGES = Message.__table__
 ITEMS = MessageItem.__table__
 QUEUE = QueueItem.__table__
 EVENTS = CaseEvent.__table__
+CASES = Case.__table__
+DISPUTES = Dispute.__table__
 
 
 @pytest.fixture
@@ -93,7 +97,26 @@ def test_each_cause_gets_its_own_message(
     assert quiet["items"] == [("INV-QUIET", "no_attempt")]
 
 
-def test_an_order_issue_pauses_the_item_and_goes_to_an_operator(
+def reminders_of(engine: Engine, customer_id: str) -> list[tuple]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                MESSAGES.c.planned_on, MESSAGES.c.stage, MESSAGES.c.cause, MESSAGES.c.status,
+                MESSAGES.c.status_reason,
+            )
+            .where(MESSAGES.c.customer_id == customer_id, MESSAGES.c.kind == "reminder")
+            .order_by(MESSAGES.c.id)
+        ).all()  # fmt: skip
+    return [tuple(row) for row in rows]
+
+
+def open_queue(engine: Engine, day: date, customer_id: str) -> list[tuple]:
+    with engine.connect() as conn:
+        queue = operator_queue(conn, day)
+    return [(i["reason"], i["detail"]) for i in queue if i["customer_id"] == customer_id]
+
+
+def test_an_order_issue_pauses_the_case_until_a_person_decides_it(
     engine: Engine, settings: Settings, reasons: Ledger
 ) -> None:
     run(settings, RUN)
@@ -104,11 +127,9 @@ def test_an_order_issue_pauses_the_item_and_goes_to_an_operator(
     )  # fmt: skip
     assert order["items"] == []
     with engine.connect() as conn:
-        queued = (
-            conn.execute(select(QUEUE.c.reason).where(QUEUE.c.customer_id == "ORDER"))
-            .scalars()
-            .all()
-        )
+        case = conn.execute(select(CASES).where(CASES.c.id == order["case_id"])).one()
+        dispute = conn.execute(select(DISPUTES)).one()
+        assert unlogged_moves(conn) == []
         logged = (
             conn.execute(
                 select(EVENTS.c.detail).where(
@@ -118,8 +139,85 @@ def test_an_order_issue_pauses_the_item_and_goes_to_an_operator(
             .scalars()
             .all()
         )
-    assert queued == ["order_issue"]
+    assert case.status == "disputed"
+    assert (dispute.invoice_id, dispute.reason, dispute.opened_on) == (
+        "INV-ORDER", "order issue: product_not_received (payment FAIL-ORDER)", RUN
+    )  # fmt: skip
     assert logged == ['{"invoice_id": "INV-ORDER"}']
+    queued = ("disputed", "order issue: product_not_received (payment FAIL-ORDER) on INV-ORDER")
+    assert open_queue(engine, RUN, "ORDER") == [queued]
+
+    # past every stage, the grace period and the 30-day lookback: still nobody writes to them
+    for day in (RUN + timedelta(days=12), RUN + timedelta(days=25), RUN + timedelta(days=45)):
+        run(settings, day)
+    assert reminders_of(engine, "ORDER") == [
+        (RUN, "payment_failed", "order_issue", "suppressed", "order_issue")
+    ]
+    late = RUN + timedelta(days=45)
+    assert open_queue(engine, late, "ORDER") == [queued]
+
+    with engine.begin() as conn:  # the operator finds the goods were delivered: it stands
+        resolve_dispute(conn, dispute.id, "rejected", "ana", "delivery confirmed", late)
+    run(settings, late + timedelta(days=1))
+
+    assert reminders_of(engine, "ORDER")[1:] == [
+        (late + timedelta(days=1), "firm", "no_attempt", "planned", None)
+    ]
+    assert open_queue(engine, late + timedelta(days=1), "ORDER") == []
+    with engine.connect() as conn:
+        assert len(conn.execute(select(DISPUTES)).all()) == 1  # not reopened by the old failure
+
+
+def test_an_order_issue_leaves_the_other_invoices_reminded(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    ledger = Ledger()
+    ledger.customer("BOTH")
+    ledger.history("BOTH", DUE)
+    ledger.invoice("INV-GOODS", "BOTH", DUE)
+    ledger.payment("FAIL-GOODS", "INV-GOODS", DUE + timedelta(days=1), status="failed",
+                   failure_code="Product not received", gateway="adyen")  # fmt: skip
+    ledger.invoice("INV-SERVICE", "BOTH", DUE)
+    ledger.load(engine, tmp_path / "ledger", settings)
+
+    run(settings, RUN)
+
+    message = planned(engine, "BOTH")
+    assert (message["cause"], message["status"]) == ("no_attempt", "planned")
+    assert message["items"] == [("INV-SERVICE", "no_attempt")]
+    assert "INV-GOODS" not in message["body_text"]
+    with engine.connect() as conn:
+        status = conn.execute(select(CASES.c.status).where(CASES.c.customer_id == "BOTH"))
+        disputed = conn.execute(select(DISPUTES.c.invoice_id, DISPUTES.c.resolved_on)).all()
+    assert status.scalar_one() == "reminding"  # the ladder goes on for the service invoice
+    assert disputed == [("INV-GOODS", None)]
+
+
+def test_a_disputed_invoice_of_a_customer_without_a_case_reaches_an_operator(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    ledger = Ledger()
+    for customer_id in ("SETTLES", "BUYS_MORE"):
+        ledger.customer(customer_id)
+        ledger.history(customer_id, DUE)
+        ledger.invoice(f"INV-{customer_id}", customer_id, DUE, status="disputed")
+    ledger.load(engine, tmp_path / "ledger", settings)
+
+    run(settings, RUN)
+    run(settings, RUN + timedelta(days=1))  # queued once
+
+    assert reminders_of(engine, "SETTLES") == []
+    assert open_queue(engine, RUN, "SETTLES") == [("disputed", "INV-SETTLES")]
+    assert open_queue(engine, RUN, "BUYS_MORE") == [("disputed", "INV-BUYS_MORE")]
+
+    ledger.invoices[3]["status"] = "open"  # SETTLES agreed with the customer, then paid
+    ledger.payment("PAY-SETTLES", "INV-SETTLES", RUN + timedelta(days=2))
+    ledger.invoice("INV-NEXT", "BUYS_MORE", RUN + timedelta(days=4))  # a case opens for it
+    ledger.load(engine, tmp_path / "ledger", settings)
+    run(settings, RUN + timedelta(days=2))
+
+    assert open_queue(engine, RUN + timedelta(days=2), "SETTLES") == []
+    assert open_queue(engine, RUN + timedelta(days=2), "BUYS_MORE") == [("disputed", None)]
 
 
 def test_a_double_payment_is_queued_for_refund_and_never_reminded(

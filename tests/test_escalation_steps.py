@@ -54,11 +54,11 @@ def run_days(engine: Engine, settings: Settings, tmp_path: Path) -> Iterator[Cal
     ledger.invoice("INV", "NEVER", DUE, amount="250.00", number="F-2026-001")
     ledger.load(engine, tmp_path / "ledger", settings)
 
-    def run(server: WebhookServer, *offsets: int) -> None:
+    def run(server: WebhookServer, *offsets: int, secret: str | None = SECRET) -> None:
         configured = settings.model_copy(
             update={
                 "suspension_webhook_url": server.url,
-                "suspension_webhook_secret": SecretStr(SECRET),
+                "suspension_webhook_secret": None if secret is None else SecretStr(secret),
                 "webhook_attempts": 2,
                 "webhook_backoff": 0.01,
                 "exports": tmp_path / "exports",
@@ -156,8 +156,28 @@ def test_a_wrong_secret_is_refused_by_the_receiver_and_the_signal_waits(
         pytest.skip("signing is Python; the SQL of the steps is tested above")
     with webhook_server("the-billing-systems-other-secret") as billing:
         run_days(billing, -3, 3, 14, 28, 35)
-    assert [(r.signature_ok, r.answered) for r in billing.received] == [(False, 401)] * 2
-    assert steps(engine)["suspension"].delivered_at is None
+    # a 401 would be refused again: no retry in the run, the next run tries once more
+    assert [(r.signature_ok, r.answered) for r in billing.received] == [(False, 401)]
+    pending = steps(engine)["suspension"]
+    assert (pending.delivered_at, pending.attempts) == (None, 1)
+    assert pending.last_error == "HTTPError: HTTP Error 401: Unauthorized"
+
+
+def test_without_a_secret_nothing_is_sent_unsigned_and_the_signal_waits(
+    engine: Engine, run_days: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("sending is Python; the SQL of the steps is tested above")
+    with webhook_server(SECRET) as billing:
+        run_days(billing, -3, 3, 14, 28, 35, secret=None)
+        assert billing.received == []
+        assert steps(engine)["suspension"].delivered_at is None
+        assert "never sent unsigned" in caplog.text
+
+        run_days(billing, 36)  # the secret is set again: the waiting signal goes out signed
+
+    assert [(r.signature_ok, r.answered) for r in billing.received] == [(True, 204)]
+    assert steps(engine)["suspension"].delivered_at is not None
 
 
 def test_confirming_a_write_off_nobody_proposed_is_refused(

@@ -72,7 +72,8 @@ def test_a_small_sample_is_too_small_to_conclude() -> None:
     small = Comparison("x", "gentle", 40, 30, 40, 10, min_sample=50)
     large = Comparison("x", "gentle", 400, 300, 400, 100, min_sample=50)
 
-    assert small.verdict == "too small to conclude (each group needs 50)"
+    assert small.verdict == "too small to conclude"
+    assert small.to_dict()["min_sample"] == 50
     assert small.uplift == 0.5
     assert large.verdict == "better than holdout"
 

@@ -15,6 +15,7 @@ from datetime import date, timedelta
 from email import policy as email_policy
 from email.parser import BytesParser
 from pathlib import Path
+from types import SimpleNamespace
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -22,8 +23,11 @@ from sqlalchemy import Engine, select
 
 from flows.config import Settings
 from flows.daily import daily_collections
+from flows.diagnosis_policy import Outage
+from flows.outage import is_outage_day
 from models import Message, OutageWindow
 from tests.ledger import Ledger
+from tests.outbox import unlogged_moves
 
 SPIKE = date(2026, 3, 20)
 MESSAGES = Message.__table__
@@ -97,6 +101,7 @@ def test_a_gateway_spike_holds_dunning_alerts_operators_and_apologises(
     ]
     with engine.connect() as conn:
         window = conn.execute(select(OUTAGES)).one()
+        assert unlogged_moves(conn) == []
     assert (window.gateway, window.started_on, window.ended_on) == ("stripe", SPIKE, SPIKE)
     assert (window.attempts, window.failures) == (26, 14)
     assert (window.alerted_on, window.apologised_on) == (SPIKE, SPIKE + timedelta(days=1))
@@ -130,3 +135,21 @@ def test_ordinary_noise_is_no_outage_and_a_declined_card_is_the_customers_to_fix
         (SPIKE, "payment_failed", "payment_failed", "payment_failed_customer", "sent", None),
     ]
     assert mail_to(settings, "ops@example.com") == []
+
+
+def rates(attempts: int, failures: int, base_attempts: int, base_failures: int) -> SimpleNamespace:
+    return SimpleNamespace(attempts=attempts, failures=failures, base_attempts=base_attempts,
+                           base_failures=base_failures)  # fmt: skip
+
+
+def test_each_outage_threshold_is_needed() -> None:
+    outage = Outage()  # 20 attempts, 25% failing, 3x a baseline floored at 2%
+
+    assert is_outage_day(outage, rates(26, 14, 700, 28))  # 54% against 4%
+    assert not is_outage_day(outage, rates(19, 19, 700, 28))  # too few attempts to judge
+    assert not is_outage_day(outage, rates(40, 9, 700, 0))  # 22.5%: under the minimum rate
+    assert not is_outage_day(outage, rates(40, 12, 700, 84))  # 30% is only 2.5x its usual 12%
+    assert is_outage_day(outage, rates(20, 5, 0, 0))  # a new gateway: 25% against the floor
+    assert not is_outage_day(
+        Outage(min_failure_rate=0.01), rates(100, 5, 700, 0)
+    )  # 5% < 3x the floor

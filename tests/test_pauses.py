@@ -22,7 +22,7 @@ from flows.case_policy import Pauses
 from flows.casework import ActionRefused
 from flows.config import Settings
 from flows.pipeline import open_run, run_day
-from models import Case, CaseEvent, Message, Payment, Promise, QueueItem
+from models import Case, CaseEvent, Message, MessageItem, Payment, Promise, QueueItem
 from tests.ledger import Ledger
 
 DUE = date(2026, 3, 2)
@@ -231,3 +231,58 @@ def test_a_paused_customer_gets_nothing_until_the_date_then_the_next_stage(
     assert stages(engine)[-1][:2] == ("firm", day(20))
     assert case_of(engine).status == "reminding"
     assert "pause_ended" in kinds(engine)
+
+
+def items_of(engine: Engine, stage: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(MessageItem.__table__.c.invoice_id)
+                .join(MESSAGES, MESSAGES.c.id == MessageItem.__table__.c.message_id)
+                .where(MESSAGES.c.stage == stage, MESSAGES.c.kind == "reminder")
+                .order_by(MessageItem.__table__.c.invoice_id)
+            ).scalars()
+        )
+
+
+def test_a_dispute_on_one_of_two_invoices_stops_reminders_about_that_invoice_only(
+    engine: Engine, settings: Settings, ledger: Ledger, days: Callable[..., None]
+) -> None:
+    ledger.invoice("INV2", "C1", DUE, amount="80.00", number="F-80")
+    days(-3)
+    with open_run(settings) as ctx:
+        run_day(ctx, day(3), skip_delivery=True)  # gentle is rendered, not sent yet
+    assert items_of(engine, "gentle") == ["INV", "INV2"]
+    with engine.connect() as conn:
+        body = conn.execute(select(MESSAGES.c.body_text).where(MESSAGES.c.stage == "gentle"))
+        assert "F-80" in body.scalar_one()
+
+    result = act(engine, casework.mark_dispute, "INV2", "ana", "never ordered", day(3))
+
+    assert "case stays reminding: its other invoices are still reminded" in result.changes
+    assert result.changes[-1] == "1 planned reminder(s) no longer ask for it"
+    assert case_of(engine).status == "reminding"
+    assert items_of(engine, "gentle") == ["INV"], "the unsent gentle no longer asks for INV2"
+    with engine.connect() as conn:
+        queued = conn.execute(select(QueueItem.__table__)).one()
+        gentle = conn.execute(select(MESSAGES).where(MESSAGES.c.stage == "gentle")).one()
+    assert (queued.reason, queued.resolved_on) == ("disputed", None)
+    assert (gentle.status, gentle.subject) == ("planned", None), "to be rendered again"
+
+    days(14)  # the gentle goes out re-rendered, the firm asks for INV alone
+    with engine.connect() as conn:
+        gentle = conn.execute(select(MESSAGES).where(MESSAGES.c.stage == "gentle")).one()
+    assert gentle.status == "sent" and "F-80" not in gentle.body_text
+    assert items_of(engine, "firm") == ["INV"]
+
+    dispute_id = int(result.changes[-2].split()[1])
+    resolved = act(
+        engine, casework.resolve_dispute, dispute_id, "rejected", "ana", "signed order", day(15)
+    )
+    assert resolved.changes[-1] == "the invoice is reminded again with the case (reminding)"
+    days(28)
+
+    assert items_of(engine, "final") == ["INV", "INV2"]
+    assert [s for s, _, _ in stages(engine)] == ["pre_due", "gentle", "firm", "final"]
+    with engine.connect() as conn:
+        assert conn.execute(select(QueueItem.__table__.c.resolved_on)).scalar_one() == day(15)

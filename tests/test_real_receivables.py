@@ -57,13 +57,18 @@ def receivables_ledger(path: Path) -> tuple[Ledger, list[dict]]:
     return ledger, rows
 
 
-def later_lateness_by_segment(rows: list[dict], segments: dict[str, str]) -> dict[str, float]:
-    """Mean DaysLate of the invoices due after AS_OF, per segment their customer had then."""
+def later_days_late(rows: list[dict], segments: dict[str, str]) -> dict[str, list[int]]:
+    """DaysLate of the invoices due after AS_OF, per segment their customer had then."""
     late: dict[str, list[int]] = defaultdict(list)
     for row in rows:
         if us_date(row["DueDate"]) > AS_OF:
             late[segments[row["customerID"]]].append(int(row["DaysLate"]))
-    return {segment: mean(values) for segment, values in late.items()}
+    return late
+
+
+def later_lateness_by_segment(rows: list[dict], segments: dict[str, str]) -> dict[str, float]:
+    """Mean DaysLate of the invoices due after AS_OF, per segment their customer had then."""
+    return {segment: mean(days) for segment, days in later_days_late(rows, segments).items()}
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} is absent (shared data not mounted)")
@@ -90,3 +95,8 @@ def test_riskier_segments_really_paid_later_afterwards(
     assert len(ranked) == 3, f"expected customers in each behaviour segment, got {lateness}"
     assert [lateness[s] for s in ranked] == sorted(lateness[s] for s in ranked), lateness
     assert lateness["chronic"] > 2 * lateness["on_time"], lateness
+    share_late = {
+        segment: sum(days > 0 for days in values) / len(values)
+        for segment, values in later_days_late(rows, segments).items()
+    }  # not only later on average: late more often
+    assert [share_late[s] for s in ranked] == sorted(share_late[s] for s in ranked), share_late

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 from typer.testing import CliRunner
 
 from flows.assess import assess
 from flows.cli import app
 from flows.config import PROJECT_ROOT, Settings
 from flows.policy import Policy
-from models import Case, CaseEvent, Customer, CustomerFeatures, SegmentChange
+from models import Case, CaseEvent, Customer, CustomerFeatures, Dispute, SegmentChange
 from tests.ledger import Ledger
 
 AS_OF = date(2026, 3, 2)
@@ -49,6 +49,8 @@ def portfolio(engine: Engine, settings: Settings, tmp_path: Path) -> Ledger:
     ledger.payment("FP-1", "F-1", AS_OF - timedelta(days=1), status="failed",
                    failure_code="Not enough balance", gateway="adyen")  # fmt: skip
     ledger.payment("FP-2", "F-1", AS_OF, status="failed", failure_code="gateway_timeout")
+    ledger.invoice("F-2", "FAILED", AS_OF - timedelta(days=2))
+    ledger.payment("FP-3", "F-2", AS_OF, status="failed", failure_code="product_not_received")
     ledger.invoice("N-1", "NEWBIE", AS_OF + timedelta(days=10))
     paid_history(ledger, "CHRONIC", [20, 25, 15])
     # mostly on time, with a long tail: only the 90th percentile shows it
@@ -100,8 +102,9 @@ def test_features_have_their_documented_values(
     chronic = features_of(engine, "CHRONIC")
     assert chronic["p90_days_late"] == 25  # ceil(0.9 * 3) = 3rd of 3
     failed = features_of(engine, "FAILED")
-    assert (failed["failed_payments_30d"], failed["failed_technical_30d"]) == (2, 1)
+    assert (failed["failed_payments_30d"], failed["failed_technical_30d"]) == (3, 1)
     assert failed["failed_customer_30d"] == 1  # Adyen "Not enough balance"
+    assert failed["failed_order_30d"] == 1
     assert features_of(engine, "NEWBIE")["p90_days_late"] is None
 
 
@@ -150,6 +153,37 @@ def test_the_stored_segment_says_which_values_matched_and_moves_are_history(
         (AS_OF + timedelta(days=3), "on_time", "chronic"),
     ]
     assert json.loads(history[0].features) == {"on_time_ratio": 0.9, "avg_days_late": 0.1}
+
+
+def test_an_open_dispute_counts_as_a_dispute_until_it_is_resolved(
+    engine: Engine, portfolio: Ledger, policy: Policy
+) -> None:
+    with engine.begin() as conn:
+        case_id = conn.execute(
+            insert(Case.__table__).values(
+                customer_id="NEWBIE", segment="new", ladder="standard", opened_on=AS_OF
+            )
+        ).inserted_primary_key[0]
+        conn.execute(
+            insert(Dispute.__table__).values(
+                case_id=case_id, invoice_id="N-1", reason="wrong quantity", opened_on=AS_OF,
+                resolved_on=AS_OF + timedelta(days=5), outcome="rejected",
+            )
+        )  # fmt: skip
+        assess(conn, policy, AS_OF + timedelta(days=4))
+        during = features_of_in(conn, "NEWBIE")["disputes"]
+        segment = conn.execute(
+            select(CUSTOMERS.c.segment).where(CUSTOMERS.c.customer_id == "NEWBIE")
+        ).scalar_one()
+        assess(conn, policy, AS_OF + timedelta(days=5))
+        after = features_of_in(conn, "NEWBIE")["disputes"]
+
+    assert (during, segment, after) == (1, "disputes", 0)
+
+
+def features_of_in(conn: Connection, customer_id: str) -> dict:
+    row = conn.execute(select(FEATURES).where(FEATURES.c.customer_id == customer_id)).one()
+    return dict(row._mapping)
 
 
 def run_cli(*args: str) -> dict:
