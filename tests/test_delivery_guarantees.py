@@ -14,15 +14,20 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from email import policy
+from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, insert, select, update
+from typer.testing import CliRunner
 
+from flows.cli import app
 from flows.config import Settings, get_settings
 from flows.deliver import FLUSH_SIZE, deliver_due, deliver_with_workers, recheck_expired_leases
 from flows.outbox import NotInDoubt, resolve_in_doubt
 from models import Case, Customer, Invoice, Message, MessageEvent, MessageItem, QueueItem
+from tests.ledger import Ledger
 from tests.smtp_server import SmtpServer
 
 AS_OF = date(2025, 3, 10)
@@ -89,6 +94,40 @@ def smtp(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpSe
             monkeypatch.setenv(name, value)
         get_settings.cache_clear()
         yield server
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_run_with_skip_delivery_only_plans_and_renders_and_deliver_sends(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    due = date(2026, 3, 2)
+    ledger = Ledger()
+    ledger.customer("LATE")
+    ledger.history("LATE", due)
+    ledger.invoice("INV-LATE", "LATE", due)
+    ledger.load(engine, tmp_path / "ledger", settings)
+    pre_due = (due - timedelta(days=3)).isoformat()
+    runner = CliRunner()
+
+    run = runner.invoke(app, ["run", "--as-of", pre_due, "--skip-delivery", "--json"])
+
+    assert run.exit_code == 0, run.output
+    with engine.connect() as conn:
+        [message] = conn.execute(select(MESSAGES)).all()
+    assert (message.stage, message.status) == ("pre_due", "planned")
+    assert message.subject and message.body_text, "rendered"
+    assert not (settings.outbox / "new").exists() or not any((settings.outbox / "new").iterdir())
+
+    deliver = runner.invoke(app, ["deliver", "--as-of", pre_due, "--json"])
+
+    assert deliver.exit_code == 0, deliver.output
+    assert json.loads(deliver.stdout)["sent"] == 1
+    [email] = [BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+               for path in (settings.outbox / "new").iterdir()]  # fmt: skip
+    assert email["To"].addresses[0].addr_spec == "late@example.com"
+    with engine.connect() as conn:
+        sent = conn.execute(select(MESSAGES).where(MESSAGES.c.id == message.id)).one()
+    assert (sent.status, email["Message-ID"]) == ("sent", sent.message_id_header)
 
 
 def test_every_move_is_logged_with_its_time_worker_and_reason(

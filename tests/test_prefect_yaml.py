@@ -44,6 +44,14 @@ def test_the_daily_run_is_scheduled() -> None:
     assert daily["schedules"], "the daily run needs a schedule"
 
 
+def test_delivery_has_its_own_hourly_deployment() -> None:
+    deliver = next(d for d in DEPLOYMENTS if d["entrypoint"] == "flows/delivery.py:deliver")
+    [schedule] = deliver["schedules"]
+    minute, *every = schedule["cron"].split()
+    assert minute.isdigit() and every == ["*"] * 4, "once an hour"
+    assert deliver["concurrency_limit"]["limit"] == 1
+
+
 @pytest.mark.parametrize(
     "deployment",
     [d for d in DEPLOYMENTS if "operator-action" in d.get("tags", [])],
