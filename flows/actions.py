@@ -27,7 +27,7 @@ from sqlalchemy import Connection
 from flows import casework
 from flows.casework import ActionResult
 from flows.config import get_settings
-from flows.operator_queue import claim_item
+from flows.operator_queue import claim_item, complete_item
 from flows.pipeline import RunContext, business_today, open_run
 from flows.render import render_planned
 
@@ -235,3 +235,29 @@ def claim_queue_item(item_id: Annotated[int, Field(ge=1)], operator: Operator) -
         )
 
     return run_action(claim)
+
+
+@flow(name="complete-queue-item")
+def complete_queue_item(
+    item_id: Annotated[int, Field(ge=1)], operator: Operator, note: Text
+) -> dict[str, Any]:
+    """Mark a queue item done once its matter is settled outside Collectflow (a refund paid, an
+    address corrected). Disputes and write-offs are settled by their own actions.
+
+    Args:
+        item_id: The queue item number (see `collectflow queue`).
+        operator: Your name; it goes into the case's event log.
+        note: What was done.
+    """
+
+    def complete(ctx: RunContext, conn: Connection, today: date) -> ActionResult:
+        item = complete_item(conn, item_id, operator, note, today)
+        return ActionResult(
+            "Queue item done",
+            item["case_id"],
+            item["customer_id"],
+            operator,
+            [f"queue item {item_id} ({item['reason']}) done by {operator}: {note}"],
+        )
+
+    return run_action(complete)

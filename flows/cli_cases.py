@@ -74,6 +74,20 @@ def queue_claim(item_id: int, operator: OperatorOption, as_json: JsonOption = Fa
     print_action(act(claim_queue_item, item_id, operator), as_json)
 
 
+@queue_app.command("done")
+@handles_errors
+def queue_done(
+    item_id: int,
+    operator: OperatorOption,
+    note: Annotated[str, typer.Option(help="What was done (kept in the case's events).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Mark a queue item done once settled outside Collectflow (refund paid, address fixed)."""
+    from flows.actions import complete_queue_item
+
+    print_action(act(complete_queue_item, item_id, operator, note), as_json)
+
+
 @app.command("case")
 @handles_errors
 def case_command(case_id: int, as_json: JsonOption = False) -> None:

@@ -2,10 +2,13 @@
 
 Reasons (`REASONS`): `escalated` (past the ladder), `disputed` (a dispute to decide),
 `bounced` (the address refused mail), `refund_due` (paid twice or overpaid), `write_off` (a
-proposed write-off to confirm), `order_issue` (a payment failed for an order reason) and
-`delivery_in_doubt` (a message that may or may not have gone). Steps add items with
-`queue_cases`; an item is added once per case and reason, logged in the case's events, and
-resolved when its matter is settled.
+proposed write-off to confirm) and `delivery_in_doubt` (a message that may or may not have
+gone). An order issue (a payment failed for an order reason) opens a dispute, so it is queued
+as `disputed`. Steps add items with `queue_cases`; an item is added once per case and reason,
+logged in the case's events, and resolved when its matter is settled: by the action that
+settles it (resolve a dispute, confirm a write-off) or, for matters settled outside
+Collectflow (a refund paid, an address corrected), by the operator marking it done
+(`complete_item`).
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ REASONS = frozenset(
         "bounced",
         "refund_due",
         "write_off",
-        "order_issue",
         "delivery_in_doubt",
     }
 )
+
+
+# Reasons an operator action settles; marking such an item done by hand would hide the matter.
+SETTLED_BY_ACTION = {"disputed": "resolve-dispute", "write_off": "write-off"}
 
 
 class ClaimRefused(CollectflowError):
@@ -114,3 +120,48 @@ def claim_item(conn: Connection, item_id: int, operator: str, as_of: date) -> di
             actor=operator,
         )
     return dict(item)
+
+
+def complete_item(
+    conn: Connection, item_id: int, operator: str, note: str, as_of: date
+) -> dict[str, Any]:
+    """Mark an open queue item done: the operator settled its matter outside Collectflow.
+
+    For items no other action settles (a refund paid back, a bounced address corrected, a
+    message in doubt checked with the customer, an escalation handled). The item must be
+    unclaimed or claimed by `operator`; an item whose matter an action settles (a dispute, a
+    write-off) is refused and names that action. The case's event log keeps who, when and the
+    note.
+    """
+    item = conn.execute(select(QUEUE).where(QUEUE.c.id == item_id)).mappings().first()
+    if item is None:
+        raise ClaimRefused(f"no queue item {item_id} (see `collectflow queue`)")
+    if item["resolved_on"] is not None:
+        raise ClaimRefused(f"queue item {item_id} was resolved on {item['resolved_on']}")
+    if item["reason"] in SETTLED_BY_ACTION:
+        raise ClaimRefused(
+            f"queue item {item_id} ({item['reason']}) is settled with "
+            f"`collectflow {SETTLED_BY_ACTION[item['reason']]}`, not marked done by hand"
+        )
+    done = conn.execute(
+        update(QUEUE)
+        .where(
+            QUEUE.c.id == item_id,
+            QUEUE.c.resolved_on.is_(None),
+            (QUEUE.c.claimed_by.is_(None)) | (QUEUE.c.claimed_by == operator),
+        )
+        .values(resolved_on=as_of, claimed_by=operator)
+    ).rowcount
+    if not done:
+        holder = conn.execute(select(QUEUE.c.claimed_by).where(QUEUE.c.id == item_id)).scalar()
+        raise ClaimRefused(f"queue item {item_id} is claimed by {holder}")
+    if item["case_id"] is not None:
+        record_events(
+            conn,
+            select(literal(item["case_id"])),
+            "queue_done",
+            as_of,
+            {"item": item_id, "reason": item["reason"], "note": note},
+            actor=operator,
+        )
+    return dict(item) | {"resolved_on": as_of, "claimed_by": operator}

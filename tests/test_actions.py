@@ -33,7 +33,7 @@ from flows.casework import ActionRefused
 from flows.cli import app
 from flows.config import Settings
 from flows.lifecycle import TransitionRefused, UnknownCase, transition_case
-from flows.operator_queue import ClaimRefused, claim_item, queue_cases
+from flows.operator_queue import ClaimRefused, claim_item, complete_item, queue_cases
 from flows.pipeline import business_today, open_run, run_day
 from models import (
     Case,
@@ -264,6 +264,42 @@ def test_two_operators_claiming_at_once_get_one_claim(
 
     assert sorted(outcomes.values())[1] == "won"
     assert "already claimed by" in sorted(outcomes.values())[0]
+
+
+def test_mark_a_queue_item_done_once_settled_outside(
+    engine: Engine, cases: dict[str, int], today: date
+) -> None:
+    with engine.begin() as conn:  # a bounced address: nothing in Collectflow settles it
+        queue_cases(conn, select(literal(cases["ANNA"]), literal("ANNA")), "bounced", today)
+        item_id = conn.execute(select(QueueItem.id)).scalar_one()
+    claim_queue = CliRunner().invoke
+    assert claim_queue(app, ["queue", "claim", str(item_id), "--operator", "bob"]).exit_code == 0
+
+    taken = claim_queue(app, ["queue", "done", str(item_id), "--operator", "ana", "--note", "x"])
+    assert taken.exit_code == 2 and "claimed by bob" in taken.stderr
+
+    result = actions.complete_queue_item(item_id, "bob", "address corrected by phone")
+    assert result["changes"] == [
+        f"queue item {item_id} (bounced) done by bob: address corrected by phone"
+    ]
+    listed = json.loads(claim_queue(app, ["queue", "--json"]).stdout)
+    assert listed["items"] == []
+    with engine.connect() as conn:
+        event = conn.execute(select(CaseEvent).order_by(CaseEvent.id.desc()).limit(1)).one()
+    assert (event.kind, event.actor, event.case_id) == ("queue_done", "bob", cases["ANNA"])
+    assert json.loads(event.detail)["note"] == "address corrected by phone"
+
+    again = claim_queue(app, ["queue", "done", str(item_id), "--operator", "bob", "--note", "x"])
+    assert again.exit_code == 2 and "was resolved on" in again.stderr
+
+
+def test_a_dispute_is_not_marked_done_by_hand(engine: Engine, cases: dict[str, int]) -> None:
+    actions.mark_dispute("INV-BERT", "ana", "never received")
+    with engine.connect() as conn:
+        item_id = conn.execute(select(QueueItem.id)).scalar_one()
+    refused = pytest.raises(ClaimRefused, match="settled with `collectflow resolve-dispute`")
+    with refused, engine.begin() as conn:
+        complete_item(conn, item_id, "ana", "done", date(2026, 11, 29))
 
 
 def test_confirm_a_proposed_write_off_through_its_flow(
