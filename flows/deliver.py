@@ -43,12 +43,13 @@ import aiosmtplib
 from sqlalchemy import (
     Connection,
     Engine,
-    Row,
+    Integer,
     String,
     and_,
     bindparam,
     case,
     func,
+    insert,
     literal,
     or_,
     select,
@@ -72,6 +73,7 @@ from flows.lifecycle import CLOSED, PAUSED_STATES
 from flows.mail import Composer, Email
 from flows.outbox import (
     BOUNCED,
+    EVENTS,
     FAILED,
     IN_DOUBT,
     PLANNED,
@@ -80,6 +82,8 @@ from flows.outbox import (
     SUPPRESSED,
     log_moves,
     move,
+    move_statement,
+    run_move,
     take_write_lock,
 )
 from flows.policy import load_policy
@@ -376,6 +380,7 @@ class Delivery:
         self.clock = clock
         self.worker = worker
         self.composer = Composer(settings)  # bad mail settings stop us before any claim
+        self._sql = _Statements(as_of, contact)
         self.report = DeliveryReport()
         self._pending: list[_Result] = []
         self._flush = asyncio.Event()
@@ -495,19 +500,14 @@ class Delivery:
 
         Returns the last id looked at, the claimed rows (ready to build emails from) and, per
         case, the Message-IDs of its reminders already sent (the thread to reply in).
+        The statements are built once per delivery (`_Statements`): only their parameters
+        change from claim to claim.
         """
         now = self.clock()
+        sql = self._sql
         with self.engine.begin() as conn:
             take_write_lock(conn)
-            ids = list(
-                conn.scalars(
-                    select(MESSAGES.c.id)
-                    .where(_due(self.as_of, now), MESSAGES.c.id > after)
-                    .order_by(MESSAGES.c.id)
-                    .limit(size)
-                    .with_for_update(skip_locked=True)
-                )
-            )
+            ids = list(conn.scalars(sql.due, {"now": now, "after": after, "size": size}))
             if not ids:
                 return None
             last = ids[-1]
@@ -515,74 +515,43 @@ class Delivery:
             if busy:
                 _count(self.report.deferred, ["same_customer"] * len(busy))
                 ids = [message_id for message_id in ids if message_id not in busy]
-            _count(self.report.suppressed, self._suppress(conn, ids, now))
-            claimable = self._hold_back(conn, ids, now)
-            if not claimable:
+            suppressed = run_move(
+                conn, sql.suppress, {"ids": ids}, PLANNED, SUPPRESSED, now, self.worker
+            )
+            _count(self.report.suppressed, [str(reason) for _, reason in suppressed])
+            ready = self._hold_back(conn, ids, now)
+            if not ready:
                 return last, [], {}
-            claimed = move(
+            lease = now + timedelta(seconds=self.settings.delivery_lease_seconds)
+            claimed = run_move(
                 conn,
-                MESSAGES.c.id.in_(claimable),
+                sql.claim,
+                {"ids": [row["id"] for row in ready], "worker": self.worker, "lease": lease},
                 PLANNED,
                 SENDING,
-                None,
                 now,
                 self.worker,
-                claimed_by=self.worker,
-                lease_until=now + timedelta(seconds=self.settings.delivery_lease_seconds),
-                attempts=MESSAGES.c.attempts + 1,
             )
-            rows = conn.execute(_batch_rows(claimed)).mappings().all()
-            threads = _threads(conn, {row["case_id"] for row in rows})
-        return last, list(rows), threads
+            # The rows were read in this transaction and are ours (SQLite: the write lock;
+            # PostgreSQL: locked FOR UPDATE by the due query): only the claim changed them.
+            taken = {message_id for message_id, _ in claimed}
+            rows = [row | {"attempts": row["attempts"] + 1} for row in ready if row["id"] in taken]
+            reminders = {
+                row["case_id"] for row in rows if row["kind"] == "reminder" and row["thread"]
+            }
+            threads = _threads(conn, sql, reminders)
+        return last, rows, threads
 
-    def _suppress(self, conn: Connection, ids: Sequence[int], now: datetime) -> list[str]:
-        """Suppress what must not go out now, each for its reason; returns the reasons."""
-        candidates = MESSAGES.c.id.in_(ids)
-        do_not_contact = MESSAGES.c.customer_id.in_(
-            select(CUSTOMERS.c.customer_id).where(CUSTOMERS.c.do_not_contact)
-        )
-        case_state = (
-            select(literal("case_") + CASES.c.status)
-            .where(CASES.c.id == MESSAGES.c.case_id)
-            .scalar_subquery()
-        )
-        case_on_hold = MESSAGES.c.case_id.in_(
-            select(CASES.c.id).where(CASES.c.status.in_(PAUSED_STATES | CLOSED))
-        )
-        settled_reason = case(
-            (_items_owed(self.as_of, disputed=True), "disputed"), else_="paid_before_send"
-        )
-        reason = case(  # the first rule that holds names the reason
-            (and_(to_customer(), do_not_contact), "do_not_contact"),
-            (and_(to_customer(), opted_out()), "opted_out"),
-            (address_bounced(), "address_bounced"),
-            (and_(to_customer(), case_on_hold), case_state),
-            (~_items_owed(self.as_of, disputed=False), settled_reason),
-            else_=None,
-        )
-        where = and_(candidates, reason.is_not(None))
-        moved = move(conn, where, PLANNED, SUPPRESSED, reason, now, self.worker)
-        if not moved:
-            return []
-        return list(conn.scalars(select(MESSAGES.c.status_reason).where(MESSAGES.c.id.in_(moved))))
-
-    def _hold_back(self, conn: Connection, ids: Sequence[int], now: datetime) -> list[int]:
-        """The ids that may be claimed now; counts the ones the cap holds back, and defers the
-        ones outside their quiet-hours window to the window's next opening."""
-        wait = must_wait(list(ids), self.as_of, self.contact.cap).label("wait")
-        rows = conn.execute(
-            select(MESSAGES.c.id, MESSAGES.c.kind, CUSTOMERS.c.timezone, wait)
-            .select_from(
-                MESSAGES.outerjoin(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
-            )
-            .where(MESSAGES.c.id.in_(ids), MESSAGES.c.status == PLANNED)
-        ).mappings()
+    def _hold_back(self, conn: Connection, ids: Sequence[int], now: datetime) -> list[dict]:
+        """The rows (ready to build emails from) that may be claimed now; counts the ones the
+        cap holds back, and defers the ones outside their quiet-hours window to the window's
+        next opening."""
         ready = []
-        for row in rows:
+        for row in conn.execute(self._sql.candidates, {"ids": list(ids)}).mappings():
             if row["wait"]:
                 _count(self.report.deferred, [row["wait"]])
             else:
-                ready.append(row)
+                ready.append(dict(row))
         quiet = quiet_deferrals(ready, now, self.contact.quiet_hours)
         by_opening: dict[datetime, list[int]] = {}
         for message_id, opens in quiet.items():
@@ -591,7 +560,7 @@ class Delivery:
             move(conn, MESSAGES.c.id.in_(ids_then), PLANNED, PLANNED, "quiet_hours", now,
                  self.worker, not_before=opens)  # fmt: skip
         _count(self.report.deferred, ["quiet_hours"] * len(quiet))
-        return [row["id"] for row in ready if row["id"] not in quiet]
+        return [row for row in ready if row["id"] not in quiet]
 
     def _record(self, results: list[_Result]) -> None:
         """Write a group of results in one transaction, and their side effects.
@@ -603,27 +572,26 @@ class Delivery:
         by_id = {result.message_id: result for result in results}
         with self.engine.begin() as conn:
             take_write_lock(conn)
-            held = conn.execute(
-                select(MESSAGES.c.id, MESSAGES.c.status)
-                .where(
-                    MESSAGES.c.id.in_(by_id),
-                    MESSAGES.c.claimed_by == self.worker,
-                    MESSAGES.c.status.in_((SENDING, IN_DOUBT)),
-                )
-                .with_for_update()
-            ).all()
+            held = conn.execute(_HELD, {"ids": list(by_id), "worker": self.worker}).all()
             lost = set(by_id) - {mid for mid, _ in held}
             if lost:  # settled by an operator meanwhile: the log keeps what happened
                 log.warning("results for %s not recorded: no longer held by us", sorted(lost))
             if not held:
                 return
-            conn.execute(_RESULT_UPDATE, [self._params(by_id[mid]) for mid, _ in held])
-            log_moves(
-                conn,
-                [(mid, old, by_id[mid].status, by_id[mid].reason) for mid, old in held],
-                now,
-                self.worker,
-            )
+            if conn.dialect.name == "postgresql":  # each result and its log: one statement
+                logged = {"log_at": now, "log_worker": self.worker}
+                conn.execute(
+                    _RESULT_LOGGED,
+                    [self._params(by_id[mid]) | logged | {"b_old": old} for mid, old in held],
+                )
+            else:
+                conn.execute(_RESULT_UPDATE, [self._params(by_id[mid]) for mid, _ in held])
+                log_moves(
+                    conn,
+                    [(mid, old, by_id[mid].status, by_id[mid].reason) for mid, old in held],
+                    now,
+                    self.worker,
+                )
             bounced = [mid for mid, _ in held if by_id[mid].status == BOUNCED]
             if bounced:
                 self._bounce(conn, bounced, now)
@@ -679,6 +647,26 @@ _RESULT_UPDATE = (
         lease_until=None,
     )
 )
+_RESULTS_MOVED = _RESULT_UPDATE.returning(
+    MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.status_reason
+).cte("moved")
+# PostgreSQL: `WITH moved AS (UPDATE … RETURNING) INSERT INTO message_events SELECT … FROM
+# moved`, run for each result: the result and its logged move in one statement.
+_RESULT_LOGGED = (
+    insert(EVENTS)
+    .from_select(
+        ["message_id", "at", "from_status", "to_status", "reason", "worker"],
+        select(
+            _RESULTS_MOVED.c.id,
+            bindparam("log_at", type_=EVENTS.c.at.type),
+            bindparam("b_old", type_=String),
+            _RESULTS_MOVED.c.status,
+            _RESULTS_MOVED.c.status_reason,
+            bindparam("log_worker", type_=String),
+        ),
+    )
+    .add_cte(_RESULTS_MOVED, nest_here=True)
+)
 
 
 def _customers_busy_elsewhere(conn: Connection, ids: Sequence[int]) -> set[int]:
@@ -691,19 +679,136 @@ def _customers_busy_elsewhere(conn: Connection, ids: Sequence[int]) -> set[int]:
     """
     if conn.dialect.name != "postgresql":
         return set()
-    mine = select(MESSAGES.c.id, MESSAGES.c.customer_id).where(MESSAGES.c.id.in_(ids))
-    owners: dict[int, str] = {mid: owner for mid, owner in conn.execute(mine.where(to_customer()))}
-    wanted = CUSTOMERS.c.customer_id.in_(set(owners.values()))
-    known = set(conn.scalars(select(CUSTOMERS.c.customer_id).where(wanted)))
-    locked = set(
-        conn.scalars(
-            select(CUSTOMERS.c.customer_id).where(wanted).with_for_update(skip_locked=True)
-        )
+    owners: dict[int, str] = {mid: owner for mid, owner in conn.execute(_OWNERS, {"ids": ids})}
+    wanted = set(owners.values())
+    locked = set(conn.scalars(_LOCK_CUSTOMERS, {"customers": list(wanted)}))
+    return {message_id for message_id, owner in owners.items() if owner not in locked}
+
+
+IDS = bindparam("ids", expanding=True)
+# customer messages of the claim whose customer exists (the ones a customer lock can cover)
+_OWNERS = (
+    select(MESSAGES.c.id, MESSAGES.c.customer_id)
+    .join(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
+    .where(MESSAGES.c.id.in_(IDS), to_customer())
+)
+_LOCK_CUSTOMERS = (
+    select(CUSTOMERS.c.customer_id)
+    .where(CUSTOMERS.c.customer_id.in_(bindparam("customers", expanding=True)))
+    .with_for_update(skip_locked=True)
+)
+_HELD = (
+    select(MESSAGES.c.id, MESSAGES.c.status)
+    .where(
+        MESSAGES.c.id.in_(IDS),
+        MESSAGES.c.claimed_by == bindparam("worker", type_=String),
+        MESSAGES.c.status.in_((SENDING, IN_DOUBT)),
     )
-    return {message_id for message_id, owner in owners.items() if owner in known - locked}
+    .with_for_update()
+)
 
 
-def _due(as_of: date, now: datetime) -> ColumnElement[bool]:
+class _Statements:
+    """The claim's statements, built once per delivery (its day and contact rules are fixed):
+    each claim runs them with new parameters, and SQLAlchemy reuses their compiled form."""
+
+    def __init__(self, as_of: date, contact: Contact):
+        now = bindparam("now", type_=MESSAGES.c.not_before.type)
+        self.due = (
+            select(MESSAGES.c.id)
+            .where(_due(as_of, now), MESSAGES.c.id > bindparam("after", type_=Integer))
+            .order_by(MESSAGES.c.id)
+            .limit(bindparam("size", type_=Integer))
+            .with_for_update(skip_locked=True)
+        )
+        reason = _suppress_reason(as_of)
+        self.suppress = move_statement(
+            and_(MESSAGES.c.id.in_(IDS), reason.is_not(None)), PLANNED, SUPPRESSED, reason
+        )
+        wait = must_wait(IDS, as_of, contact.cap).label("wait")  # type: ignore[arg-type]
+        earlier = MESSAGES.alias("earlier")
+        thread = (  # whether the case has sent reminders (most first reminders: none)
+            select(earlier.c.id)
+            .where(
+                earlier.c.case_id == MESSAGES.c.case_id,
+                earlier.c.kind == "reminder",
+                earlier.c.status == SENT,
+                earlier.c.message_id_header.is_not(None),
+            )
+            .exists()
+            .label("thread")
+        )
+        self.candidates = (
+            select(
+                MESSAGES.c.id,
+                MESSAGES.c.key,
+                MESSAGES.c.kind,
+                MESSAGES.c.case_id,
+                MESSAGES.c.customer_id,
+                MESSAGES.c.to_address,
+                MESSAGES.c.subject,
+                MESSAGES.c.body_text,
+                MESSAGES.c.body_html,
+                MESSAGES.c.message_id_header,
+                MESSAGES.c.attempts,
+                CUSTOMERS.c.name.label("customer_name"),
+                CUSTOMERS.c.timezone,
+                wait,
+                thread,
+            )
+            .select_from(
+                MESSAGES.outerjoin(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
+            )
+            .where(MESSAGES.c.id.in_(IDS), MESSAGES.c.status == PLANNED)
+            .order_by(MESSAGES.c.id)
+        )
+        self.claim = move_statement(
+            MESSAGES.c.id.in_(IDS),
+            PLANNED,
+            SENDING,
+            None,
+            claimed_by=bindparam("worker", type_=String),
+            lease_until=bindparam("lease", type_=MESSAGES.c.lease_until.type),
+            attempts=MESSAGES.c.attempts + 1,
+        )
+        self.threads = (
+            select(MESSAGES.c.case_id, MESSAGES.c.message_id_header)
+            .where(
+                MESSAGES.c.case_id.in_(bindparam("cases", expanding=True)),
+                MESSAGES.c.kind == "reminder",
+                MESSAGES.c.status == SENT,
+                MESSAGES.c.message_id_header.is_not(None),
+            )
+            .order_by(MESSAGES.c.sent_at, MESSAGES.c.id)
+        )
+
+
+def _suppress_reason(as_of: date) -> ColumnElement[str | None]:
+    """Why the (correlated) planned message must not go out now, or NULL: the first rule
+    that holds names the reason."""
+    do_not_contact = MESSAGES.c.customer_id.in_(
+        select(CUSTOMERS.c.customer_id).where(CUSTOMERS.c.do_not_contact)
+    )
+    case_state = (
+        select(literal("case_") + CASES.c.status)
+        .where(CASES.c.id == MESSAGES.c.case_id)
+        .scalar_subquery()
+    )
+    case_on_hold = MESSAGES.c.case_id.in_(
+        select(CASES.c.id).where(CASES.c.status.in_(PAUSED_STATES | CLOSED))
+    )
+    settled_reason = case((_items_owed(as_of, disputed=True), "disputed"), else_="paid_before_send")
+    return case(
+        (and_(to_customer(), do_not_contact), "do_not_contact"),
+        (and_(to_customer(), opted_out()), "opted_out"),
+        (address_bounced(), "address_bounced"),
+        (and_(to_customer(), case_on_hold), case_state),
+        (~_items_owed(as_of, disputed=False), settled_reason),
+        else_=None,
+    )
+
+
+def _due(as_of: date, now: datetime | ColumnElement[Any]) -> ColumnElement[bool]:
     return and_(
         MESSAGES.c.status == PLANNED,
         MESSAGES.c.subject.is_not(None),
@@ -753,47 +858,14 @@ def _settled(as_of: date) -> ColumnElement[Any]:
     )
 
 
-def _batch_rows(claimed: list[int]) -> Any:
-    return (
-        select(
-            MESSAGES.c.id,
-            MESSAGES.c.key,
-            MESSAGES.c.kind,
-            MESSAGES.c.case_id,
-            MESSAGES.c.customer_id,
-            MESSAGES.c.to_address,
-            MESSAGES.c.subject,
-            MESSAGES.c.body_text,
-            MESSAGES.c.body_html,
-            MESSAGES.c.message_id_header,
-            MESSAGES.c.attempts,
-            CUSTOMERS.c.name.label("customer_name"),
-        )
-        .select_from(
-            MESSAGES.outerjoin(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
-        )
-        .where(MESSAGES.c.id.in_(claimed))
-        .order_by(MESSAGES.c.id)
-    )
-
-
-def _threads(conn: Connection, case_ids: set[int]) -> dict[int, list[str]]:
+def _threads(conn: Connection, sql: _Statements, case_ids: set[int]) -> dict[int, list[str]]:
     """Per case, the Message-IDs of its reminders sent so far, oldest first: what a later
-    stage replies to (the latest) and references (all), so they show as one conversation."""
+    stage replies to (the latest) and references (all), so they show as one conversation.
+    Asked only for the cases the claim found with a sent reminder (`_Statements.candidates`)."""
     if not case_ids:
         return {}
-    rows: Sequence[Row[Any]] = conn.execute(
-        select(MESSAGES.c.case_id, MESSAGES.c.message_id_header)
-        .where(
-            MESSAGES.c.case_id.in_(case_ids),
-            MESSAGES.c.kind == "reminder",
-            MESSAGES.c.status == SENT,
-            MESSAGES.c.message_id_header.is_not(None),
-        )
-        .order_by(MESSAGES.c.sent_at, MESSAGES.c.id)
-    ).all()
     threads: dict[int, list[str]] = {}
-    for case_id, message_id_header in rows:
+    for case_id, message_id_header in conn.execute(sql.threads, {"cases": list(case_ids)}):
         threads.setdefault(case_id, []).append(message_id_header)
     return threads
 

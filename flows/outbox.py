@@ -12,11 +12,23 @@ An operator then confirms it sent or asks for it to be sent again (`resolve_in_d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, insert, literal, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    String,
+    Update,
+    bindparam,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.sql.expression import ColumnElement
 
 from flows.errors import CollectflowError
@@ -49,15 +61,71 @@ def move(
     Guarded by the current status, so of two workers racing for a message only one moves it.
     Each move is logged in `message_events` in the same transaction. Returns the moved ids.
     """
+    statement = move_statement(where, from_status, to_status, reason, **values)
+    return [mid for mid, _ in run_move(conn, statement, {}, from_status, to_status, at, worker)]
+
+
+def move_statement(
+    where: ColumnElement[bool],
+    from_status: str,
+    to_status: str,
+    reason: str | ColumnElement[str] | None,
+    **values: Any,
+) -> Update:
+    """The UPDATE of `move`, to build once and run many times with `run_move` (its bind
+    parameters, e.g. an expanding list of ids, are given at each run)."""
     reason_value = reason if isinstance(reason, ColumnElement) else literal(reason, String)
-    moved = conn.execute(
+    return (
         update(MESSAGES)
         .where(where, MESSAGES.c.status == from_status)
         .values(status=to_status, status_reason=reason_value, **values)
         .returning(MESSAGES.c.id, MESSAGES.c.status_reason)
-    ).all()
+    )
+
+
+def run_move(
+    conn: Connection,
+    statement: Update,
+    params: dict[str, Any],
+    from_status: str,
+    to_status: str,
+    at: datetime,
+    worker: str | None,
+) -> list[tuple[int, str | None]]:
+    """Run a `move_statement` built for `from_status` → `to_status` and log each move in the
+    same transaction. Returns the moved (id, reason) pairs."""
+    if conn.dialect.name == "postgresql":  # the UPDATE and its log in one statement
+        logged = _logged(statement, from_status, to_status)
+        run = conn.execute(logged, params | {"log_at": at, "log_worker": worker})
+        return [(mid, why) for mid, why in run]
+    moved = [(mid, why) for mid, why in conn.execute(statement, params)]
     log_moves(conn, [(mid, from_status, to_status, why) for mid, why in moved], at, worker)
-    return [mid for mid, _ in moved]
+    return moved
+
+
+@functools.lru_cache(maxsize=32)
+def _logged(statement: Update, from_status: str, to_status: str) -> Insert:
+    """PostgreSQL: `WITH moved AS (the UPDATE … RETURNING) INSERT INTO message_events SELECT
+    … FROM moved RETURNING …`, one round trip instead of two; same rows, same transaction."""
+    moved = statement.cte("moved")
+    rows = select(
+        moved.c.id,
+        bindparam("log_at", type_=EVENTS.c.at.type),
+        literal(from_status, String),
+        literal(to_status, String),
+        moved.c.status_reason,
+        bindparam("log_worker", type_=String),
+    )
+    columns = ["message_id", "at", "from_status", "to_status", "reason", "worker"]
+    return (
+        insert(EVENTS)
+        .from_select(columns, rows)
+        .add_cte(moved, nest_here=True)
+        .returning(EVENTS.c.message_id, EVENTS.c.reason)
+    )
+
+
+_LOG_MOVE = insert(EVENTS)
 
 
 def log_moves(
@@ -69,7 +137,7 @@ def log_moves(
     """Write (message id, from, to, reason) moves to the log, in one statement."""
     if moves:
         conn.execute(
-            insert(EVENTS),
+            _LOG_MOVE,
             [
                 {
                     "message_id": mid,
