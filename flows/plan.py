@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import ColumnElement, Subquery
 
+from flows.balances import refresh_statistics
 from flows.business_days import days_elapsed, fill_calendar
 from flows.contact import apply_contact_rules
 from flows.diagnose import diagnose_planned
@@ -98,9 +99,12 @@ def plan(conn: Connection, policy: Policy, as_of: date) -> PlanReport:
     review_pauses(conn, policy, as_of)
     resolved = resolve_settled_cases(conn, as_of)
     opened = open_cases(conn, policy, as_of)
+    refresh_statistics(conn, "cases")  # PostgreSQL: the joins below need to know its new size
     skipped = skip_stale_pre_due(conn, as_of)
     planned = plan_next_stages(conn, as_of)
+    refresh_statistics(conn, "messages")
     add_message_items(conn, as_of)
+    refresh_statistics(conn, "message_items")
     diagnose_planned(conn, policy, as_of)  # cause and template of each message (step 2)
     advance_cases(conn, as_of)
     suppress_uncontactable(conn, as_of)
@@ -181,7 +185,7 @@ def open_cases(conn: Connection, policy: Policy, as_of: date) -> int:
         literal(as_of, CASES.c.opened_on.type),
     ).where(not_(has_open_case), owes_in_scope(as_of, CUSTOMERS.c.customer_id, ladder, True))
     before = conn.execute(select(func.coalesce(func.max(CASES.c.id), 0))).scalar_one()
-    result = conn.execute(
+    conn.execute(
         insert(CASES).from_select(
             ["customer_id", "status", "segment", "ladder", "stage_index", "opened_on"], source
         )
@@ -192,7 +196,8 @@ def open_cases(conn: Connection, policy: Policy, as_of: date) -> int:
         "opened",
         as_of,
     )
-    return result.rowcount
+    # Counted, not `rowcount`: psycopg reports -1 for SQLAlchemy's INSERT ... SELECT.
+    return conn.execute(select(func.count()).where(CASES.c.id > before)).scalar_one()
 
 
 def anchors() -> Subquery:
@@ -269,7 +274,10 @@ def plan_next_stages(conn: Connection, as_of: date) -> int:
     statement = insert_ignoring_conflicts(
         conn.dialect.name, MESSAGES, ["key"], MESSAGE_COLUMNS, source
     )
-    return conn.execute(statement).rowcount
+    before = conn.execute(select(func.coalesce(func.max(MESSAGES.c.id), 0))).scalar_one()
+    conn.execute(statement)
+    # Counted, not `rowcount`: psycopg reports -1 for SQLAlchemy's INSERT ... SELECT.
+    return conn.execute(select(func.count()).where(MESSAGES.c.id > before)).scalar_one()
 
 
 def add_message_items(conn: Connection, as_of: date) -> None:
