@@ -185,7 +185,7 @@ def open_cases(conn: Connection, policy: Policy, as_of: date) -> int:
         literal(as_of, CASES.c.opened_on.type),
     ).where(not_(has_open_case), owes_in_scope(as_of, CUSTOMERS.c.customer_id, ladder, True))
     before = conn.execute(select(func.coalesce(func.max(CASES.c.id), 0))).scalar_one()
-    conn.execute(
+    result = conn.execute(
         insert(CASES).from_select(
             ["customer_id", "status", "segment", "ladder", "stage_index", "opened_on"], source
         )
@@ -196,8 +196,7 @@ def open_cases(conn: Connection, policy: Policy, as_of: date) -> int:
         "opened",
         as_of,
     )
-    # Counted, not `rowcount`: psycopg reports -1 for SQLAlchemy's INSERT ... SELECT.
-    return conn.execute(select(func.count()).where(CASES.c.id > before)).scalar_one()
+    return result.rowcount
 
 
 def anchors() -> Subquery:
@@ -274,10 +273,7 @@ def plan_next_stages(conn: Connection, as_of: date) -> int:
     statement = insert_ignoring_conflicts(
         conn.dialect.name, MESSAGES, ["key"], MESSAGE_COLUMNS, source
     )
-    before = conn.execute(select(func.coalesce(func.max(MESSAGES.c.id), 0))).scalar_one()
-    conn.execute(statement)
-    # Counted, not `rowcount`: psycopg reports -1 for SQLAlchemy's INSERT ... SELECT.
-    return conn.execute(select(func.count()).where(MESSAGES.c.id > before)).scalar_one()
+    return conn.execute(statement).rowcount
 
 
 def add_message_items(conn: Connection, as_of: date) -> None:

@@ -11,7 +11,12 @@ import models.tables  # noqa: F401 - registers the tables on SQLModel.metadata
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout."""
+    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout.
+
+    `preserve_rowcount`: the steps report how many rows an INSERT ... SELECT wrote, and without
+    it SQLAlchemy 2.1 with psycopg gives -1 for those on PostgreSQL (SQLite was always right).
+    """
+    kwargs.setdefault("execution_options", {}).setdefault("preserve_rowcount", True)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):

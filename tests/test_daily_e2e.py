@@ -64,7 +64,7 @@ def maildir(settings: Settings) -> list:
 def test_every_customer_gets_the_stages_their_behaviour_calls_for(
     engine: Engine, settings: Settings, three_customers: Ledger
 ) -> None:
-    collections_range(day(-5), day(40))
+    summaries = collections_range(day(-5), day(40))
 
     assert sent(engine, "PUNCTUAL") == [("pre_due", day(-3))]
     assert sent(engine, "AFTER_FIRST") == [("pre_due", day(-3)), ("gentle", day(3))]
@@ -82,6 +82,9 @@ def test_every_customer_gets_the_stages_their_behaviour_calls_for(
         assert cases["AFTER_FIRST"].closed_on == day(5)
         assert cases["NEVER"].status == "escalated"
         assert cases["NEVER"].escalated_on == day(35)
+        # the summaries count what the steps wrote, on PostgreSQL too (rowcount of INSERT...SELECT)
+        assert sum(summary["cases_opened"] for summary in summaries) == len(cases) == 3
+        assert sum(summary["escalated"] for summary in summaries) == 1
         queued = conn.execute(select(QueueItem.__table__.c.reason)).scalars().all()
         assert queued == ["escalated"]
         events = conn.execute(
