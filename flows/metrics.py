@@ -17,9 +17,8 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import Connection, String, and_, case, func, select, type_coerce
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import ColumnElement, FunctionElement, Subquery
+from sqlalchemy import Connection, and_, case, func, select, type_coerce
+from sqlalchemy.sql.expression import ColumnElement, Subquery
 
 from flows.balances import ZERO, invoice_positions
 from flows.outcomes import measured, touch_on
@@ -33,6 +32,7 @@ from models import (
     Payment,
     PaymentAttribution,
     days_between,
+    month_of,
 )
 
 MESSAGES = Message.__table__
@@ -47,24 +47,6 @@ DIMENSIONS = ("stage", "template", "variant", "segment", "cause", "month", "kind
 NONE_LABEL = "-"
 CAMPAIGN_RANK = 1000  # campaigns are listed after every ladder stage
 TENTH = Decimal("0.1")
-
-
-class month_of(FunctionElement[str]):
-    """`YYYY-MM` of a date, on either database."""
-
-    type = String()
-    inherit_cache = True
-    name = "month_of"
-
-
-@compiles(month_of, "sqlite")
-def _month_of_sqlite(element: month_of, compiler: Any, **kw: Any) -> str:
-    return f"strftime('%Y-%m', {compiler.process(element.clauses, **kw)})"
-
-
-@compiles(month_of, "postgresql")
-def _month_of_postgresql(element: month_of, compiler: Any, **kw: Any) -> str:
-    return f"to_char({compiler.process(element.clauses, **kw)}, 'YYYY-MM')"
 
 
 def round_tenth(value: Decimal) -> Decimal:

@@ -2,7 +2,7 @@
 
 from models.db import drop_db, init_db, make_engine
 from models.money import Money, MoneyPrecisionError
-from models.sql import days_between, insert_ignoring_conflicts, json_object
+from models.sql import days_between, insert_ignoring_conflicts, json_object, month_of
 from models.tables import (
     BusinessDay,
     Case,
@@ -59,4 +59,5 @@ __all__ = [
     "insert_ignoring_conflicts",
     "json_object",
     "make_engine",
+    "month_of",
 ]

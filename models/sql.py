@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer, Select, Table, true
+from sqlalchemy import Integer, Select, String, Table, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
@@ -67,3 +67,21 @@ def _json_object_sqlite(element: json_object, compiler: Any, **kw: Any) -> str:
 @compiles(json_object, "postgresql")
 def _json_object_postgresql(element: json_object, compiler: Any, **kw: Any) -> str:
     return f"CAST(json_build_object({compiler.process(element.clauses, **kw)}) AS TEXT)"
+
+
+class month_of(FunctionElement[str]):
+    """`YYYY-MM` of a date, on either database."""
+
+    type = String()
+    inherit_cache = True
+    name = "month_of"
+
+
+@compiles(month_of, "sqlite")
+def _month_of_sqlite(element: month_of, compiler: Any, **kw: Any) -> str:
+    return f"strftime('%Y-%m', {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(month_of, "postgresql")
+def _month_of_postgresql(element: month_of, compiler: Any, **kw: Any) -> str:
+    return f"to_char({compiler.process(element.clauses, **kw)}, 'YYYY-MM')"
