@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from flows.config import Settings  # noqa: E402
 from flows.contact_policy import Contact  # noqa: E402
 from flows.deliver import deliver_due  # noqa: E402
-from flows.mail import Composer  # noqa: E402
+from flows.mail import Composer, message_id_for  # noqa: E402
 from models import (  # noqa: E402
     Case,
     Customer,
@@ -86,14 +86,16 @@ def rows(count: int) -> list[dict]:
          "kind": "reminder", "stage": "gentle", "stage_index": 0, "template": "gentle",
          "to_address": f"c{n}@example.org", "planned_on": AS_OF, "subject": f"Invoice {n}",
          "body_text": BODY.format(n=n), "body_html": f"<p>{BODY.format(n=n)}</p>",
-         "rendered_at": datetime(2025, 3, 10, 6, tzinfo=UTC), "message_id_header": None,
+         "rendered_at": datetime(2025, 3, 10, 6, tzinfo=UTC),
+         "message_id_header": message_id_for(f"case:{n + 1}:gentle", "example.com"),
          "customer_name": f"Customer {n}", "attempts": 1}
         for n in range(count)
     ]  # fmt: skip
 
 
 def seed(engine: Engine, messages: list[dict]) -> None:
-    """A fresh outbox: one customer, invoice, case and rendered reminder per message."""
+    """A fresh outbox: one customer, invoice, case and rendered reminder per message, named
+    (Message-ID) as the render step names them."""
     drop_db(engine)
     init_db(engine)
     ids = range(len(messages))

@@ -29,6 +29,7 @@ from flows.config import Settings, get_settings
 from flows.contact import apply_contact_rules
 from flows.deliver import deliver_due
 from flows.experiments import Arms, record_assignments
+from flows.mail import sender_domain
 from flows.pipeline import business_today
 from flows.plan import MESSAGE_COLUMNS
 from flows.policy import Policy, load_policy
@@ -277,7 +278,7 @@ def run_campaign(
         with engine.connect() as conn:
             transaction = conn.begin()
             planned = plan_campaign(conn, policy, spec, as_of)
-            render_planned(conn, catalog, policy, as_of)
+            render_planned(conn, catalog, policy, as_of, domain=sender_domain(settings))
             result = preview(conn, spec, as_of, dry_run, planned, sample_size)
             if dry_run:
                 transaction.rollback()

@@ -70,7 +70,7 @@ from flows.contact_policy import Contact
 from flows.errors import DeliveryError
 from flows.escalate import queue_cases
 from flows.lifecycle import CLOSED, PAUSED_STATES
-from flows.mail import Composer, Email
+from flows.mail import Composer, Email, message_id_for
 from flows.outbox import (
     BOUNCED,
     EVENTS,
@@ -356,8 +356,6 @@ class _Result:
     status: str
     reason: str | None = None
     error: str | None = None
-    sent_at: datetime | None = None
-    message_id_header: str | None = None
     next_attempt_at: datetime | None = None
 
 
@@ -453,8 +451,7 @@ class Delivery:
                 log.exception("message %s: unexpected error while sending", job.message_id)
                 self._unexpected.append(exc)
             else:
-                header = job.email.message_id
-                self._done(_Result(job.message_id, SENT, None, None, self.clock(), header))
+                self._done(_Result(job.message_id, SENT))
 
     def _done(self, result: _Result) -> None:
         self._pending.append(result)
@@ -515,13 +512,10 @@ class Delivery:
             if busy:
                 _count(self.report.deferred, ["same_customer"] * len(busy))
                 ids = [message_id for message_id in ids if message_id not in busy]
-            suppressed = run_move(
-                conn, sql.suppress, {"ids": ids}, PLANNED, SUPPRESSED, now, self.worker
-            )
-            _count(self.report.suppressed, [str(reason) for _, reason in suppressed])
             ready = self._hold_back(conn, ids, now)
             if not ready:
                 return last, [], {}
+            self._name(conn, ready)
             lease = now + timedelta(seconds=self.settings.delivery_lease_seconds)
             claimed = run_move(
                 conn,
@@ -543,11 +537,26 @@ class Delivery:
         return last, rows, threads
 
     def _hold_back(self, conn: Connection, ids: Sequence[int], now: datetime) -> list[dict]:
-        """The rows (ready to build emails from) that may be claimed now; counts the ones the
-        cap holds back, and defers the ones outside their quiet-hours window to the window's
-        next opening."""
+        """The rows (ready to build emails from) that may be claimed now.
+
+        Suppresses the ones that must not go out (with the reason), counts the ones the cap
+        holds back, and defers the ones outside their quiet-hours window to its next opening.
+        One query reads the rows with both verdicts; when some are suppressed, the others are
+        read again, since a suppressed message no longer makes a later one of its customer wait.
+        """
+        candidates = conn.execute(self._sql.candidates, {"ids": list(ids)}).mappings().all()
+        doomed = [row["id"] for row in candidates if row["suppress"]]
+        if doomed:
+            params = {"ids": doomed}
+            suppressed = run_move(conn, self._sql.suppress, params, PLANNED, SUPPRESSED, now,
+                                  self.worker)  # fmt: skip
+            _count(self.report.suppressed, [str(reason) for _, reason in suppressed])
+            rest = sorted(set(ids) - set(doomed))
+            candidates = conn.execute(self._sql.candidates, {"ids": rest}).mappings().all()
         ready = []
-        for row in conn.execute(self._sql.candidates, {"ids": list(ids)}).mappings():
+        for row in candidates:
+            if row["suppress"]:  # changed in between (PostgreSQL): the next pass sees it
+                continue
             if row["wait"]:
                 _count(self.report.deferred, [row["wait"]])
             else:
@@ -562,52 +571,87 @@ class Delivery:
         _count(self.report.deferred, ["quiet_hours"] * len(quiet))
         return [row for row in ready if row["id"] not in quiet]
 
+    def _name(self, conn: Connection, rows: list[dict]) -> None:
+        """Give each row its Message-ID before it is claimed, where it has none yet.
+
+        A message in doubt after a crash must show the Message-ID it went out with, so the
+        operator can look it up in the mail server's log; the same id then threads later stages.
+        """
+        unnamed = [row for row in rows if not row["message_id_header"]]
+        for row in unnamed:
+            row["message_id_header"] = message_id_for(row["key"], self.composer.domain)
+        if unnamed:
+            named = [{"n_id": row["id"], "n_header": row["message_id_header"]} for row in unnamed]
+            conn.execute(_NAME, named)
+
     def _record(self, results: list[_Result]) -> None:
         """Write a group of results in one transaction, and their side effects.
 
         Only messages this worker still holds are written (`sending`, or `unknown` if another
-        worker judged the lease expired: then the result settles the doubt).
+        worker judged the lease expired: then the result settles the doubt). The sent ones,
+        nearly all, move together in one set-based statement (and its log); `sent_at` is
+        when their acceptance is recorded, at most a flush interval after the server's answer.
         """
         now = self.clock()
-        by_id = {result.message_id: result for result in results}
+        sent = [result.message_id for result in results if result.status == SENT]
+        others = {result.message_id: result for result in results if result.status != SENT}
         with self.engine.begin() as conn:
             take_write_lock(conn)
-            held = conn.execute(_HELD, {"ids": list(by_id), "worker": self.worker}).all()
-            lost = set(by_id) - {mid for mid, _ in held}
-            if lost:  # settled by an operator meanwhile: the log keeps what happened
-                log.warning("results for %s not recorded: no longer held by us", sorted(lost))
-            if not held:
-                return
-            if conn.dialect.name == "postgresql":  # each result and its log: one statement
-                logged = {"log_at": now, "log_worker": self.worker}
-                conn.execute(
-                    _RESULT_LOGGED,
-                    [self._params(by_id[mid]) | logged | {"b_old": old} for mid, old in held],
-                )
-            else:
-                conn.execute(_RESULT_UPDATE, [self._params(by_id[mid]) for mid, _ in held])
-                log_moves(
-                    conn,
-                    [(mid, old, by_id[mid].status, by_id[mid].reason) for mid, old in held],
-                    now,
-                    self.worker,
-                )
-            bounced = [mid for mid, _ in held if by_id[mid].status == BOUNCED]
-            if bounced:
-                self._bounce(conn, bounced, now)
+            recorded = self._record_sent(conn, sent, now)
+            self._record_others(conn, others, now)
+        _warn_lost(set(sent) - set(recorded))
+        self.report.sent += len(recorded)
+
+    def _record_sent(self, conn: Connection, ids: list[int], now: datetime) -> list[int]:
+        """Move the sent messages this worker holds to `sent`; returns the ids moved.
+        A held message is `sending`, or `unknown` when its lease was judged expired."""
+        moved: list[int] = []
+        params = {"worker": self.worker, "sent_at": now}
+        for held in (SENDING, IN_DOUBT):
+            if not ids:
+                break
+            statement = self._sql.sent[held]
+            done = run_move(conn, statement, params | {"ids": ids}, held, SENT, now, self.worker)
+            moved += [message_id for message_id, _ in done]
+            ids = sorted(set(ids) - set(moved))
+        return moved
+
+    def _record_others(self, conn: Connection, by_id: dict[int, _Result], now: datetime) -> None:
+        """Write the failures, bounces and retries this worker holds, each with its own values,
+        and their side effects."""
+        if not by_id:
+            return
+        held = conn.execute(_HELD, {"ids": list(by_id), "worker": self.worker}).all()
+        _warn_lost(set(by_id) - {mid for mid, _ in held})
+        if not held:
+            return
+        if conn.dialect.name == "postgresql":  # each result and its log: one statement
+            logged = {"log_at": now, "log_worker": self.worker}
+            conn.execute(
+                _RESULT_LOGGED,
+                [self._params(by_id[mid]) | logged | {"b_old": old} for mid, old in held],
+            )
+        else:
+            conn.execute(_RESULT_UPDATE, [self._params(by_id[mid]) for mid, _ in held])
+            log_moves(
+                conn,
+                [(mid, old, by_id[mid].status, by_id[mid].reason) for mid, old in held],
+                now,
+                self.worker,
+            )
+        bounced = [mid for mid, _ in held if by_id[mid].status == BOUNCED]
+        if bounced:
+            self._bounce(conn, bounced, now)
         for mid, _ in held:
             self._tally(by_id[mid])
 
     def _params(self, result: _Result) -> dict[str, Any]:
-        done = result.status in (SENT, FAILED, BOUNCED)
+        done = result.status in (FAILED, BOUNCED)
         return {
             "b_id": result.message_id,
             "b_status": result.status,
-            "b_reason": result.reason if result.status != SENT else None,
+            "b_reason": result.reason,
             "b_error": result.error,
-            "b_sent_at": result.sent_at,
-            "b_sent_on": self.as_of if result.status == SENT else None,
-            "b_header": result.message_id_header,
             "b_next": result.next_attempt_at,
             "b_claimed_by": self.worker if done else None,
         }
@@ -620,9 +664,7 @@ class Delivery:
         queue_cases(conn, cases.distinct(), "bounced", self.as_of)
 
     def _tally(self, result: _Result) -> None:
-        if result.status == SENT:
-            self.report.sent += 1
-        elif result.status == PLANNED:
+        if result.status == PLANNED:
             self.report.retrying += 1
         elif result.status == BOUNCED:
             self.report.bounced += 1
@@ -630,6 +672,11 @@ class Delivery:
             _count(self.report.failed, [str(result.reason).split(":")[0]])
 
 
+_NAME = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("n_id"), MESSAGES.c.message_id_header.is_(None))
+    .values(message_id_header=bindparam("n_header"))
+)
 _RESULT_UPDATE = (
     update(MESSAGES)
     .where(MESSAGES.c.id == bindparam("b_id"))
@@ -637,11 +684,8 @@ _RESULT_UPDATE = (
         status=bindparam("b_status"),
         status_reason=bindparam("b_reason"),
         last_error=func.coalesce(bindparam("b_error", type_=String), MESSAGES.c.last_error),
-        sent_at=bindparam("b_sent_at", type_=MESSAGES.c.sent_at.type),
-        sent_on=bindparam("b_sent_on", type_=MESSAGES.c.sent_on.type),
-        message_id_header=func.coalesce(
-            bindparam("b_header", type_=String), MESSAGES.c.message_id_header
-        ),
+        sent_at=None,
+        sent_on=None,
         next_attempt_at=bindparam("b_next", type_=MESSAGES.c.next_attempt_at.type),
         claimed_by=bindparam("b_claimed_by", type_=String),
         lease_until=None,
@@ -667,6 +711,11 @@ _RESULT_LOGGED = (
     )
     .add_cte(_RESULTS_MOVED, nest_here=True)
 )
+
+
+def _warn_lost(ids: set[int]) -> None:
+    if ids:  # settled by an operator meanwhile: the log keeps what happened
+        log.warning("results for %s not recorded: no longer held by us", sorted(ids))
 
 
 def _customers_busy_elsewhere(conn: Connection, ids: Sequence[int]) -> set[int]:
@@ -753,6 +802,7 @@ class _Statements:
                 MESSAGES.c.attempts,
                 CUSTOMERS.c.name.label("customer_name"),
                 CUSTOMERS.c.timezone,
+                reason.label("suppress"),
                 wait,
                 thread,
             )
@@ -771,6 +821,22 @@ class _Statements:
             lease_until=bindparam("lease", type_=MESSAGES.c.lease_until.type),
             attempts=MESSAGES.c.attempts + 1,
         )
+        held_by_us = and_(
+            MESSAGES.c.id.in_(IDS), MESSAGES.c.claimed_by == bindparam("worker", type_=String)
+        )
+        self.sent = {  # by the status a held message is in: sending, or unknown
+            held: move_statement(
+                held_by_us,
+                held,
+                SENT,
+                None,
+                sent_at=bindparam("sent_at", type_=MESSAGES.c.sent_at.type),
+                sent_on=as_of,
+                next_attempt_at=None,
+                lease_until=None,
+            )
+            for held in (SENDING, IN_DOUBT)
+        }
         self.threads = (
             select(MESSAGES.c.case_id, MESSAGES.c.message_id_header)
             .where(
@@ -786,17 +852,22 @@ class _Statements:
 def _suppress_reason(as_of: date) -> ColumnElement[str | None]:
     """Why the (correlated) planned message must not go out now, or NULL: the first rule
     that holds names the reason."""
-    do_not_contact = MESSAGES.c.customer_id.in_(
-        select(CUSTOMERS.c.customer_id).where(CUSTOMERS.c.do_not_contact)
+    # Correlated lookups by primary key: an `IN (SELECT …)` list would read every customer
+    # and every case on each claim.
+    do_not_contact = (
+        select(CUSTOMERS.c.customer_id)
+        .where(CUSTOMERS.c.customer_id == MESSAGES.c.customer_id, CUSTOMERS.c.do_not_contact)
+        .correlate(MESSAGES)  # only: the claim's query joins customers too
+        .exists()
     )
-    case_state = (
-        select(literal("case_") + CASES.c.status)
+    case_status = (
+        select(CASES.c.status)
         .where(CASES.c.id == MESSAGES.c.case_id)
+        .correlate(MESSAGES)
         .scalar_subquery()
     )
-    case_on_hold = MESSAGES.c.case_id.in_(
-        select(CASES.c.id).where(CASES.c.status.in_(PAUSED_STATES | CLOSED))
-    )
+    case_state = literal("case_") + case_status
+    case_on_hold = case_status.in_(PAUSED_STATES | CLOSED)
     settled_reason = case((_items_owed(as_of, disputed=True), "disputed"), else_="paid_before_send")
     return case(
         (and_(to_customer(), do_not_contact), "do_not_contact"),

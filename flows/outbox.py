@@ -99,7 +99,17 @@ def run_move(
         run = conn.execute(logged, params | {"log_at": at, "log_worker": worker})
         return [(mid, why) for mid, why in run]
     moved = [(mid, why) for mid, why in conn.execute(statement, params)]
-    log_moves(conn, [(mid, from_status, to_status, why) for mid, why in moved], at, worker)
+    if moved:  # the log copies the moved rows, set-based: no per-row parameters
+        conn.execute(
+            _LOG_COPY,
+            {
+                "ids": [mid for mid, _ in moved],
+                "log_at": at,
+                "log_from": from_status,
+                "log_to": to_status,
+                "log_worker": worker,
+            },
+        )
     return moved
 
 
@@ -126,6 +136,18 @@ def _logged(statement: Update, from_status: str, to_status: str) -> Insert:
 
 
 _LOG_MOVE = insert(EVENTS)
+# SQLite: the log of a move just made, copied from the moved rows (reason included)
+_LOG_COPY = insert(EVENTS).from_select(
+    ["message_id", "at", "from_status", "to_status", "reason", "worker"],
+    select(
+        MESSAGES.c.id,
+        bindparam("log_at", type_=EVENTS.c.at.type),
+        bindparam("log_from", type_=String),
+        bindparam("log_to", type_=String),
+        MESSAGES.c.status_reason,
+        bindparam("log_worker", type_=String),
+    ).where(MESSAGES.c.id.in_(bindparam("ids", expanding=True))),
+)
 
 
 def log_moves(

@@ -24,6 +24,7 @@ from flows.config import Settings
 from flows.deliver import DeliveryReport, deliver_due
 from flows.escalate import EscalationReport, escalate
 from flows.escalation_steps import HandoffReport, deliver_handoffs
+from flows.mail import sender_domain
 from flows.outcomes import OutcomeReport, record_outcomes
 from flows.plan import PlanReport, plan
 from flows.policy import Policy, load_policy
@@ -47,6 +48,11 @@ class RunContext:
     engine: Engine
     dry_run: bool = False
     shared: Connection | None = field(default=None, repr=False)
+
+    @property
+    def message_domain(self) -> str:
+        """The domain of the Message-IDs, from the sender address (render names messages)."""
+        return sender_domain(self.settings)
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -183,7 +189,7 @@ def handoff_step(ctx: RunContext, as_of: date) -> HandoffReport:
 def render_step(ctx: RunContext, as_of: date) -> int:
     """Render every planned message not rendered yet."""
     with ctx.connection() as conn:
-        return render_planned(conn, ctx.catalog, ctx.policy, as_of)
+        return render_planned(conn, ctx.catalog, ctx.policy, as_of, domain=ctx.message_domain)
 
 
 def deliver_step(ctx: RunContext, as_of: date) -> DeliveryReport:

@@ -56,9 +56,10 @@ from babel.dates import format_date
 from babel.numbers import format_currency
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from sqlalchemy import Connection, Row, bindparam, select, update
+from sqlalchemy import Connection, Row, String, bindparam, func, select, update
 
 from flows.errors import TemplateError
+from flows.mail import message_id_for
 from flows.policy import Policy, Sender
 from models import Customer, Invoice, Message, MessageItem
 
@@ -272,14 +273,27 @@ _STORE = (
         body_text=bindparam("body_text"),
         body_html=bindparam("body_html"),
         rendered_at=bindparam("rendered_at"),
+        message_id_header=func.coalesce(
+            MESSAGES.c.message_id_header, bindparam("message_id_header", type_=String)
+        ),
     )
 )
 
 
 def render_planned(
-    conn: Connection, catalog: TemplateCatalog, policy: Policy, as_of: date, batch_size: int = 1000
+    conn: Connection,
+    catalog: TemplateCatalog,
+    policy: Policy,
+    as_of: date,
+    batch_size: int = 1000,
+    *,
+    domain: str | None = None,
 ) -> int:
     """Render every planned message not rendered yet, storing subject, bodies and rendered_at.
+
+    With `domain` (the sender's, `mail.sender_domain`), each message also gets its Message-ID
+    now, with its content, so delivery does not write it per message; without, delivery
+    names it just before sending.
 
     Streams in batches of `batch_size` (bounded memory, keyset-paged by id): one query for the
     batch's messages and customers, one for all their items joined with invoices, rendering in
@@ -290,6 +304,9 @@ def render_planned(
     after = 0
     while batch := _next_batch(conn, after, batch_size):
         rows = _render_batch(conn, catalog, policy.sender, as_of, batch)
+        for row, message in zip(rows, batch, strict=True):
+            header = message_id_for(message._mapping["key"], domain) if domain else None
+            row["message_id_header"] = header
         conn.execute(_STORE, rows)
         rendered += len(rows)
         after = batch[-1].id
@@ -301,6 +318,7 @@ def _next_batch(conn: Connection, after: int, size: int) -> Sequence[Row[Any]]:
     query = (
         select(
             MESSAGES.c.id,
+            MESSAGES.c.key,
             MESSAGES.c.kind,
             MESSAGES.c.template,
             MESSAGES.c.locale,

@@ -35,8 +35,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def init_db(engine: Engine) -> None:
-    """Create every table and index that does not exist yet."""
+    """Create every table and index that does not exist yet.
+
+    `create_all` skips a table that exists, indexes included; an index added in a later
+    release is created here on its own, so an existing database gets it too. (A new column
+    would need a migration.)
+    """
     SQLModel.metadata.create_all(engine)
+    with engine.begin() as conn:
+        for table in SQLModel.metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
 
 
 def drop_db(engine: Engine) -> None:

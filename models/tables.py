@@ -182,6 +182,9 @@ class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_status_planned", "status", "planned_on"),
+        # delivery's claims walk the due messages in id order: without it every claim reads
+        # and sorts all planned messages (time quadratic in the outbox's size)
+        Index("ix_messages_status_id", "status", "id"),
         Index("ix_messages_case", "case_id"),
         Index("ix_messages_customer", "customer_id", "status"),  # contact rules, per customer
     )

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.config import Settings, get_settings
 from flows.deliver import FLUSH_SIZE, deliver_due, deliver_with_workers, recheck_expired_leases
-from flows.outbox import NotInDoubt, resolve_in_doubt
+from flows.outbox import NotInDoubt, in_doubt, resolve_in_doubt
 from models import Case, Customer, Invoice, Message, MessageEvent, MessageItem, QueueItem
 from tests.ledger import Ledger
 from tests.smtp_server import SmtpServer
@@ -256,6 +256,11 @@ def test_a_worker_killed_mid_batch_leaves_only_its_in_flight_messages_in_doubt(
     assert report["sent"] + sum(killed[n] == "sent" for n in killed) == 400 - len(in_flight)
 
     # the operator looks each in-doubt Message-ID up in the server's log, and settles them
+    with engine.connect() as conn:
+        listed = {row["id"]: row["message_id_header"] for row in in_doubt(conn)}
+    assert set(listed) == in_flight and all(listed.values()), "each with its Message-ID"
+    arrived_ids = {int(str(e["Subject"]).split()[-1]) + 1: e["Message-ID"] for e in smtp.emails}
+    assert all(listed[n] == arrived_ids[n] for n in in_flight if n in arrived_ids)
     delivered = [n for n in in_flight if n in arrived]
     missing = [n for n in in_flight if n not in arrived]
     if delivered:
