@@ -341,11 +341,10 @@ def recheck_expired_leases(engine: Engine, as_of: date, now: datetime, worker: s
 
 @dataclass(frozen=True)
 class _Job:
-    """A claimed message, built and waiting for a sender."""
+    """A claimed message waiting for a sender: its row, and the Message-IDs it replies to."""
 
-    message_id: int
-    attempts: int
-    email: Email
+    row: dict[str, Any]
+    earlier: Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -431,27 +430,34 @@ class Delivery:
             after, rows, threads = batch
             for row in rows:
                 earlier = threads.get(row["case_id"], []) if row["kind"] == "reminder" else []
-                try:
-                    email = self.composer.compose(row, earlier)
-                except DeliveryError as exc:
-                    self._done(_Result(row["id"], FAILED, "invalid_address", str(exc)))
-                    continue
-                await queue.put(_Job(row["id"], row["attempts"], email))
+                await queue.put(_Job(row, earlier))
 
     async def _sender(
         self, queue: asyncio.Queue[_Job | None], transport: Transport, limit: RateLimit
     ) -> None:
+        """Build each email just before sending it: building between sends, not a batch at a
+        time, keeps the event loop answering the server (and the Date header current)."""
         while (job := await queue.get()) is not None:
+            message_id = job.row["id"]
+            try:
+                email = self.composer.compose(job.row, job.earlier)
+            except DeliveryError as exc:
+                self._done(_Result(message_id, FAILED, "invalid_address", str(exc)))
+                continue
+            except Exception as exc:  # a bug: the run stops, leaving the message in doubt
+                log.exception("message %s: unexpected error while building it", message_id)
+                self._unexpected.append(exc)
+                continue
             await limit.wait()
             try:
-                await transport.send(job.email)
+                await transport.send(email)
             except SEND_FAILURES as exc:
-                self._done(self._failure(job.message_id, exc, job.attempts))
+                self._done(self._failure(message_id, exc, job.row["attempts"]))
             except Exception as exc:  # a bug: record nothing, so the message ends in doubt
-                log.exception("message %s: unexpected error while sending", job.message_id)
+                log.exception("message %s: unexpected error while sending", message_id)
                 self._unexpected.append(exc)
             else:
-                self._done(_Result(job.message_id, SENT))
+                self._done(_Result(message_id, SENT))
 
     def _done(self, result: _Result) -> None:
         self._pending.append(result)

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -154,6 +155,17 @@ class Composer:
         if settings.reply_to:
             fixed.append(("Reply-To", _mailbox(settings.reply_to)))
         self._fixed = "".join(_header(name, value) for name, value in fixed)
+        self._date_second = -1
+        self._date_value = ""
+
+    def _date(self) -> str:
+        """The Date header for now: RFC 5322 counts whole seconds, so it is formatted once a
+        second rather than once a message."""
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            self._date_value = format_datetime(datetime.fromtimestamp(second, UTC))
+        return self._date_value
 
     def compose(self, row: Mapping[str, Any], earlier: Sequence[str] = ()) -> Email:
         """The email for a rendered message row.
@@ -169,7 +181,7 @@ class Composer:
         headers = [
             ("To", _mailbox_of(to)),
             ("Subject", _unstructured(row["subject"] or "")),
-            ("Date", format_datetime(datetime.now(UTC))),
+            ("Date", self._date()),
             ("Message-ID", message_id),
         ]
         if row["kind"] != "internal":
@@ -223,6 +235,8 @@ def _part(content: str, subtype: str) -> bytes:
 def _header(name: str, value: str) -> str:
     """`Name: value` and a line break, folded before spaces into lines of at most 78
     characters where the words allow. `value` is already one line of ASCII."""
+    if len(name) + 2 + len(value) <= MAX_LINE:  # most headers: nothing to fold
+        return f"{name}: {value}\n"
     first = f"{name}:"
     lines = [first]
     for word in value.split(" "):
