@@ -11,7 +11,7 @@ to a customer, whatever its kind (reminder, campaign, ...); internal mail to sta
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -174,17 +174,20 @@ def _recent(other: Any, as_of: date, cap: Cap) -> ColumnElement[int]:
     )
 
 
-def must_wait(ids: list[int], as_of: date, cap: Cap | None) -> ColumnElement[str | None]:
+def must_wait(
+    in_batch: Callable[[ColumnElement[Any]], ColumnElement[bool]], as_of: date, cap: Cap | None
+) -> ColumnElement[str | None]:
     """Why the (correlated) message must wait, or NULL: 'cap' when its customer reached the
     cap, 'same_customer' when another of their messages is being sent or comes earlier in
-    this batch (one message at a time per customer, so the cap holds within a batch too)."""
+    this batch (one message at a time per customer, so the cap holds within a batch too).
+    `in_batch(column)` says whether a message id is in the batch."""
     other = MESSAGES.alias("other")
     busy = exists().where(
         other.c.customer_id == MESSAGES.c.customer_id,
         other.c.kind != INTERNAL,
         or_(
             other.c.status == "sending",
-            and_(other.c.id < MESSAGES.c.id, other.c.id.in_(ids), other.c.status == "planned"),
+            and_(other.c.id < MESSAGES.c.id, in_batch(other.c.id), other.c.status == "planned"),
         ),
     )
     reasons: list[tuple[ColumnElement[bool], str]] = []

@@ -41,11 +41,13 @@ from typing import Any, Protocol
 
 import aiosmtplib
 from sqlalchemy import (
+    ARRAY,
     Connection,
     Engine,
     Integer,
     String,
     and_,
+    any_,
     bindparam,
     case,
     func,
@@ -377,7 +379,7 @@ class Delivery:
         self.clock = clock
         self.worker = worker
         self.composer = Composer(settings)  # bad mail settings stop us before any claim
-        self._sql = _Statements(as_of, contact)
+        self._sql = _Statements(as_of, contact, engine.dialect.name)
         self.report = DeliveryReport()
         self._pending: list[_Result] = []
         self._flush = asyncio.Event()
@@ -741,11 +743,25 @@ def _customers_busy_elsewhere(conn: Connection, ids: Sequence[int]) -> set[int]:
 
 
 IDS = bindparam("ids", expanding=True)
+
+
+def _among(column: ColumnElement[Any], dialect: str, name: str = "ids") -> ColumnElement[bool]:
+    """`column` is one of the integers (ids) given as the list parameter `name`.
+
+    PostgreSQL gets `= ANY(array)`: one statement text whatever the list's length, which
+    psycopg prepares once and reuses, where an `IN (…)` list of each new length is a new
+    statement to plan (planning cost more than running these). SQLite gets `IN (…)`.
+    """
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(Integer)))
+    return column.in_(bindparam(name, expanding=True))
+
+
 # customer messages of the claim whose customer exists (the ones a customer lock can cover)
 _OWNERS = (
     select(MESSAGES.c.id, MESSAGES.c.customer_id)
     .join(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
-    .where(MESSAGES.c.id.in_(IDS), to_customer())
+    .where(_among(MESSAGES.c.id, "postgresql"), to_customer())
 )
 _LOCK_CUSTOMERS = (
     select(CUSTOMERS.c.customer_id)
@@ -767,7 +783,10 @@ class _Statements:
     """The claim's statements, built once per delivery (its day and contact rules are fixed):
     each claim runs them with new parameters, and SQLAlchemy reuses their compiled form."""
 
-    def __init__(self, as_of: date, contact: Contact):
+    def __init__(self, as_of: date, contact: Contact, dialect: str):
+        def among(column: ColumnElement[Any], name: str = "ids") -> ColumnElement[bool]:
+            return _among(column, dialect, name)
+
         now = bindparam("now", type_=MESSAGES.c.not_before.type)
         self.due = (
             select(MESSAGES.c.id)
@@ -778,9 +797,9 @@ class _Statements:
         )
         reason = _suppress_reason(as_of)
         self.suppress = move_statement(
-            and_(MESSAGES.c.id.in_(IDS), reason.is_not(None)), PLANNED, SUPPRESSED, reason
+            and_(among(MESSAGES.c.id), reason.is_not(None)), PLANNED, SUPPRESSED, reason
         )
-        wait = must_wait(IDS, as_of, contact.cap).label("wait")  # type: ignore[arg-type]
+        wait = must_wait(among, as_of, contact.cap).label("wait")
         earlier = MESSAGES.alias("earlier")
         thread = (  # whether the case has sent reminders (most first reminders: none)
             select(earlier.c.id)
@@ -815,11 +834,11 @@ class _Statements:
             .select_from(
                 MESSAGES.outerjoin(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
             )
-            .where(MESSAGES.c.id.in_(IDS), MESSAGES.c.status == PLANNED)
+            .where(among(MESSAGES.c.id), MESSAGES.c.status == PLANNED)
             .order_by(MESSAGES.c.id)
         )
         self.claim = move_statement(
-            MESSAGES.c.id.in_(IDS),
+            among(MESSAGES.c.id),
             PLANNED,
             SENDING,
             None,
@@ -828,7 +847,7 @@ class _Statements:
             attempts=MESSAGES.c.attempts + 1,
         )
         held_by_us = and_(
-            MESSAGES.c.id.in_(IDS), MESSAGES.c.claimed_by == bindparam("worker", type_=String)
+            among(MESSAGES.c.id), MESSAGES.c.claimed_by == bindparam("worker", type_=String)
         )
         self.sent = {  # by the status a held message is in: sending, or unknown
             held: move_statement(
@@ -846,7 +865,7 @@ class _Statements:
         self.threads = (
             select(MESSAGES.c.case_id, MESSAGES.c.message_id_header)
             .where(
-                MESSAGES.c.case_id.in_(bindparam("cases", expanding=True)),
+                among(MESSAGES.c.case_id, "cases"),
                 MESSAGES.c.kind == "reminder",
                 MESSAGES.c.status == SENT,
                 MESSAGES.c.message_id_header.is_not(None),
