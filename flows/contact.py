@@ -11,7 +11,7 @@ to a customer, whatever its kind (reminder, campaign, ...); internal mail to sta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -174,27 +174,36 @@ def _recent(other: Any, as_of: date, cap: Cap) -> ColumnElement[int]:
     )
 
 
-def must_wait(
-    in_batch: Callable[[ColumnElement[Any]], ColumnElement[bool]], as_of: date, cap: Cap | None
-) -> ColumnElement[str | None]:
+def must_wait(as_of: date, cap: Cap | None) -> ColumnElement[str | None]:
     """Why the (correlated) message must wait, or NULL: 'cap' when its customer reached the
-    cap, 'same_customer' when another of their messages is being sent or comes earlier in
-    this batch (one message at a time per customer, so the cap holds within a batch too).
-    `in_batch(column)` says whether a message id is in the batch."""
+    cap, 'same_customer' when another of their messages is being sent. (Within one batch,
+    `later_in_batch` holds back all but a customer's first message.)"""
     other = MESSAGES.alias("other")
     busy = exists().where(
         other.c.customer_id == MESSAGES.c.customer_id,
         other.c.kind != INTERNAL,
-        or_(
-            other.c.status == "sending",
-            and_(other.c.id < MESSAGES.c.id, in_batch(other.c.id), other.c.status == "planned"),
-        ),
+        other.c.status == "sending",
     )
     reasons: list[tuple[ColumnElement[bool], str]] = []
     if cap is not None:
         reasons.append((_recent(other, as_of, cap) >= cap.messages, "cap"))
     reasons.append((busy, "same_customer"))
     return case((~to_customer(), None), *reasons, else_=None)
+
+
+def later_in_batch(rows: Iterable[Mapping[str, Any]]) -> set[int]:
+    """Among a batch's rows (id, kind, customer_id) in id order, the customer messages whose
+    customer has an earlier one in the batch: one message at a time per customer, so the cap
+    holds within a batch too."""
+    seen: set[str] = set()
+    later = set()
+    for row in rows:
+        if row["kind"] == INTERNAL:
+            continue
+        if row["customer_id"] in seen:
+            later.add(row["id"])
+        seen.add(row["customer_id"])
+    return later
 
 
 def record_opt_out(

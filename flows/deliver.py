@@ -41,13 +41,11 @@ from typing import Any, Protocol
 
 import aiosmtplib
 from sqlalchemy import (
-    ARRAY,
     Connection,
     Engine,
     Integer,
     String,
     and_,
-    any_,
     bindparam,
     case,
     func,
@@ -63,6 +61,7 @@ from flows.config import Settings
 from flows.contact import (
     address_bounced,
     block,
+    later_in_batch,
     must_wait,
     opted_out,
     quiet_deferrals,
@@ -89,7 +88,7 @@ from flows.outbox import (
     take_write_lock,
 )
 from flows.policy import load_policy
-from models import Case, Customer, Invoice, Message, MessageItem, Payment, make_engine
+from models import Case, Customer, Invoice, Message, MessageItem, Payment, in_ids, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +378,7 @@ class Delivery:
         self.clock = clock
         self.worker = worker
         self.composer = Composer(settings)  # bad mail settings stop us before any claim
-        self._sql = _Statements(as_of, contact, engine.dialect.name)
+        self._sql = _Statements(as_of, contact)
         self.report = DeliveryReport()
         self._pending: list[_Result] = []
         self._flush = asyncio.Event()
@@ -548,9 +547,8 @@ class Delivery:
         """The rows (ready to build emails from) that may be claimed now.
 
         Suppresses the ones that must not go out (with the reason), counts the ones the cap
-        holds back, and defers the ones outside their quiet-hours window to its next opening.
-        One query reads the rows with both verdicts; when some are suppressed, the others are
-        read again, since a suppressed message no longer makes a later one of its customer wait.
+        or another message of their customer holds back, and defers the ones outside their
+        quiet-hours window to its next opening. One query reads the rows with these verdicts.
         """
         candidates = conn.execute(self._sql.candidates, {"ids": list(ids)}).mappings().all()
         doomed = [row["id"] for row in candidates if row["suppress"]]
@@ -559,14 +557,13 @@ class Delivery:
             suppressed = run_move(conn, self._sql.suppress, params, PLANNED, SUPPRESSED, now,
                                   self.worker)  # fmt: skip
             _count(self.report.suppressed, [str(reason) for _, reason in suppressed])
-            rest = sorted(set(ids) - set(doomed))
-            candidates = conn.execute(self._sql.candidates, {"ids": rest}).mappings().all()
+        rest = [row for row in candidates if not row["suppress"]]
+        later = later_in_batch(rest)  # a suppressed message holds back no other
         ready = []
-        for row in candidates:
-            if row["suppress"]:  # changed in between (PostgreSQL): the next pass sees it
-                continue
-            if row["wait"]:
-                _count(self.report.deferred, [row["wait"]])
+        for row in rest:
+            wait = row["wait"] or ("same_customer" if row["id"] in later else None)
+            if wait:
+                _count(self.report.deferred, [wait])
             else:
                 ready.append(dict(row))
         quiet = quiet_deferrals(ready, now, self.contact.quiet_hours)
@@ -742,26 +739,11 @@ def _customers_busy_elsewhere(conn: Connection, ids: Sequence[int]) -> set[int]:
     return {message_id for message_id, owner in owners.items() if owner not in locked}
 
 
-IDS = bindparam("ids", expanding=True)
-
-
-def _among(column: ColumnElement[Any], dialect: str, name: str = "ids") -> ColumnElement[bool]:
-    """`column` is one of the integers (ids) given as the list parameter `name`.
-
-    PostgreSQL gets `= ANY(array)`: one statement text whatever the list's length, which
-    psycopg prepares once and reuses, where an `IN (…)` list of each new length is a new
-    statement to plan (planning cost more than running these). SQLite gets `IN (…)`.
-    """
-    if dialect == "postgresql":
-        return column == any_(bindparam(name, type_=ARRAY(Integer)))
-    return column.in_(bindparam(name, expanding=True))
-
-
 # customer messages of the claim whose customer exists (the ones a customer lock can cover)
 _OWNERS = (
     select(MESSAGES.c.id, MESSAGES.c.customer_id)
     .join(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
-    .where(_among(MESSAGES.c.id, "postgresql"), to_customer())
+    .where(in_ids(MESSAGES.c.id), to_customer())
 )
 _LOCK_CUSTOMERS = (
     select(CUSTOMERS.c.customer_id)
@@ -771,7 +753,7 @@ _LOCK_CUSTOMERS = (
 _HELD = (
     select(MESSAGES.c.id, MESSAGES.c.status)
     .where(
-        MESSAGES.c.id.in_(IDS),
+        in_ids(MESSAGES.c.id),
         MESSAGES.c.claimed_by == bindparam("worker", type_=String),
         MESSAGES.c.status.in_((SENDING, IN_DOUBT)),
     )
@@ -783,10 +765,7 @@ class _Statements:
     """The claim's statements, built once per delivery (its day and contact rules are fixed):
     each claim runs them with new parameters, and SQLAlchemy reuses their compiled form."""
 
-    def __init__(self, as_of: date, contact: Contact, dialect: str):
-        def among(column: ColumnElement[Any], name: str = "ids") -> ColumnElement[bool]:
-            return _among(column, dialect, name)
-
+    def __init__(self, as_of: date, contact: Contact):
         now = bindparam("now", type_=MESSAGES.c.not_before.type)
         self.due = (
             select(MESSAGES.c.id)
@@ -797,9 +776,9 @@ class _Statements:
         )
         reason = _suppress_reason(as_of)
         self.suppress = move_statement(
-            and_(among(MESSAGES.c.id), reason.is_not(None)), PLANNED, SUPPRESSED, reason
+            and_(in_ids(MESSAGES.c.id), reason.is_not(None)), PLANNED, SUPPRESSED, reason
         )
-        wait = must_wait(among, as_of, contact.cap).label("wait")
+        wait = must_wait(as_of, contact.cap).label("wait")
         earlier = MESSAGES.alias("earlier")
         thread = (  # whether the case has sent reminders (most first reminders: none)
             select(earlier.c.id)
@@ -834,11 +813,11 @@ class _Statements:
             .select_from(
                 MESSAGES.outerjoin(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
             )
-            .where(among(MESSAGES.c.id), MESSAGES.c.status == PLANNED)
+            .where(in_ids(MESSAGES.c.id), MESSAGES.c.status == PLANNED)
             .order_by(MESSAGES.c.id)
         )
         self.claim = move_statement(
-            among(MESSAGES.c.id),
+            in_ids(MESSAGES.c.id),
             PLANNED,
             SENDING,
             None,
@@ -847,7 +826,7 @@ class _Statements:
             attempts=MESSAGES.c.attempts + 1,
         )
         held_by_us = and_(
-            among(MESSAGES.c.id), MESSAGES.c.claimed_by == bindparam("worker", type_=String)
+            in_ids(MESSAGES.c.id), MESSAGES.c.claimed_by == bindparam("worker", type_=String)
         )
         self.sent = {  # by the status a held message is in: sending, or unknown
             held: move_statement(
@@ -865,7 +844,7 @@ class _Statements:
         self.threads = (
             select(MESSAGES.c.case_id, MESSAGES.c.message_id_header)
             .where(
-                among(MESSAGES.c.case_id, "cases"),
+                in_ids(MESSAGES.c.case_id, "cases"),
                 MESSAGES.c.kind == "reminder",
                 MESSAGES.c.status == SENT,
                 MESSAGES.c.message_id_header.is_not(None),

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import ColumnElement
 
 from flows.errors import CollectflowError
-from models import Message, MessageEvent
+from models import Message, MessageEvent, in_ids
 
 MESSAGES = Message.__table__
 EVENTS = MessageEvent.__table__
@@ -146,7 +146,7 @@ _LOG_COPY = insert(EVENTS).from_select(
         bindparam("log_to", type_=String),
         MESSAGES.c.status_reason,
         bindparam("log_worker", type_=String),
-    ).where(MESSAGES.c.id.in_(bindparam("ids", expanding=True))),
+    ).where(in_ids(MESSAGES.c.id)),
 )
 
 

@@ -2,7 +2,7 @@
 
 from models.db import drop_db, init_db, make_engine
 from models.money import Money, MoneyPrecisionError
-from models.sql import days_between, insert_ignoring_conflicts, json_object, month_of
+from models.sql import days_between, in_ids, insert_ignoring_conflicts, json_object, month_of
 from models.tables import (
     BusinessDay,
     Case,
@@ -55,6 +55,7 @@ __all__ = [
     "SegmentChange",
     "days_between",
     "drop_db",
+    "in_ids",
     "init_db",
     "insert_ignoring_conflicts",
     "json_object",

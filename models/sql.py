@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer, Select, String, Table, true
+from sqlalchemy import (
+    Integer,
+    Select,
+    String,
+    Table,
+    bindparam,
+    true,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
@@ -85,3 +92,33 @@ def _month_of_sqlite(element: month_of, compiler: Any, **kw: Any) -> str:
 @compiles(month_of, "postgresql")
 def _month_of_postgresql(element: month_of, compiler: Any, **kw: Any) -> str:
     return f"to_char({compiler.process(element.clauses, **kw)}, 'YYYY-MM')"
+
+
+class in_ids(FunctionElement[bool]):
+    """`column` is one of the ids given as the list parameter `name` (default "ids").
+
+    PostgreSQL gets `column = ANY(:ids)`, one array parameter: the statement's text is the
+    same whatever the list's length, so psycopg prepares it once, where each new length of
+    an `IN (:a, :b, …)` list would be planned again (planning these cost more than running
+    them). SQLite plans cheaply and gets that `IN` list: a `json_each` subquery there hides
+    its size from the planner, which then scans every planned message.
+    """
+
+    inherit_cache = True  # untyped: a Boolean function would be compared `= 1` on SQLite
+    name = "in_ids"
+
+    def __init__(self, column: ColumnElement[Any], name: str = "ids"):
+        super().__init__(column, bindparam(name, type_=postgresql.ARRAY(Integer())))
+
+
+@compiles(in_ids, "sqlite")
+def _in_ids_sqlite(element: in_ids, compiler: Any, **kw: Any) -> str:
+    column, ids = element.clauses
+    expanding = bindparam(ids.key, expanding=True)
+    return f"{compiler.process(column, **kw)} IN {compiler.process(expanding, **kw)}"
+
+
+@compiles(in_ids, "postgresql")
+def _in_ids_postgresql(element: in_ids, compiler: Any, **kw: Any) -> str:
+    column, ids = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"{column} = ANY({ids})"
