@@ -55,10 +55,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.sql.expression import ColumnElement, Exists
+from sqlalchemy.sql.expression import ColumnElement, Exists, Select
 
 from flows.config import Settings
 from flows.contact import (
+    INTERNAL,
     address_bounced,
     block,
     later_in_batch,
@@ -511,11 +512,16 @@ class Delivery:
         sql = self._sql
         with self.engine.begin() as conn:
             take_write_lock(conn)
-            ids = list(conn.scalars(sql.due, {"now": now, "after": after, "size": size}))
-            if not ids:
+            params = {"now": now, "after": after, "size": size}
+            if conn.dialect.name == "postgresql":  # and lock their customers, see below
+                found = conn.execute(sql.due_and_customers, params).all()
+            else:  # claims take turns: nothing to lock
+                found = [(message_id, False) for message_id in conn.scalars(sql.due, params)]
+            if not found:
                 return None
-            last = ids[-1]
-            busy = _customers_busy_elsewhere(conn, ids)
+            last = found[-1][0]
+            ids = [message_id for message_id, _ in found]
+            busy = {message_id for message_id, elsewhere in found if elsewhere}
             if busy:
                 _count(self.report.deferred, ["same_customer"] * len(busy))
                 ids = [message_id for message_id in ids if message_id not in busy]
@@ -723,33 +729,6 @@ def _warn_lost(ids: set[int]) -> None:
         log.warning("results for %s not recorded: no longer held by us", sorted(ids))
 
 
-def _customers_busy_elsewhere(conn: Connection, ids: Sequence[int]) -> set[int]:
-    """On PostgreSQL, lock the customers of these messages for this claim, and return the
-    messages whose customer another worker holds (their turn comes in a later pass).
-
-    Without it, two workers claiming at the same moment could each see the other's message
-    to a customer as still planned, and send both: one over the cap. SKIP LOCKED never
-    waits, so no two claims can deadlock. On SQLite claims take turns and need no lock.
-    """
-    if conn.dialect.name != "postgresql":
-        return set()
-    owners: dict[int, str] = {mid: owner for mid, owner in conn.execute(_OWNERS, {"ids": ids})}
-    wanted = set(owners.values())
-    locked = set(conn.scalars(_LOCK_CUSTOMERS, {"customers": list(wanted)}))
-    return {message_id for message_id, owner in owners.items() if owner not in locked}
-
-
-# customer messages of the claim whose customer exists (the ones a customer lock can cover)
-_OWNERS = (
-    select(MESSAGES.c.id, MESSAGES.c.customer_id)
-    .join(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
-    .where(in_ids(MESSAGES.c.id), to_customer())
-)
-_LOCK_CUSTOMERS = (
-    select(CUSTOMERS.c.customer_id)
-    .where(CUSTOMERS.c.customer_id.in_(bindparam("customers", expanding=True)))
-    .with_for_update(skip_locked=True)
-)
 _HELD = (
     select(MESSAGES.c.id, MESSAGES.c.status)
     .where(
@@ -774,6 +753,7 @@ class _Statements:
             .limit(bindparam("size", type_=Integer))
             .with_for_update(skip_locked=True)
         )
+        self.due_and_customers = _due_and_customers(self.due)
         reason = _suppress_reason(as_of)
         self.suppress = move_statement(
             and_(in_ids(MESSAGES.c.id), reason.is_not(None)), PLANNED, SUPPRESSED, reason
@@ -851,6 +831,36 @@ class _Statements:
             )
             .order_by(MESSAGES.c.sent_at, MESSAGES.c.id)
         )
+
+
+def _due_and_customers(due: Select[Any]) -> Select[Any]:
+    """PostgreSQL: the due messages (locked, SKIP LOCKED), each with whether its customer is
+    held by another worker's claim, after locking the customers of the rest, in one statement.
+
+    Without the customer lock, two workers claiming at the same moment could each see the
+    other's message to a customer as still planned, and send both: one over the cap. A
+    message whose customer another worker holds waits for a later pass. SKIP LOCKED never
+    waits, so no two claims can deadlock. On SQLite claims take turns and need no lock.
+    """
+    found = (
+        due.with_only_columns(MESSAGES.c.id, MESSAGES.c.customer_id, MESSAGES.c.kind)
+        .with_for_update(skip_locked=True, of=MESSAGES)
+        .cte("found")
+    )
+    to_customers = found.c.kind != INTERNAL
+    locked = (
+        select(CUSTOMERS.c.customer_id)
+        .where(CUSTOMERS.c.customer_id.in_(select(found.c.customer_id).where(to_customers)))
+        .with_for_update(skip_locked=True, of=CUSTOMERS)
+        .cte("locked")
+    )
+    known = select(CUSTOMERS.c.customer_id).where(CUSTOMERS.c.customer_id == found.c.customer_id)
+    elsewhere = and_(
+        to_customers,
+        known.exists(),
+        found.c.customer_id.not_in(select(locked.c.customer_id)),
+    )
+    return select(found.c.id, elsewhere.label("elsewhere")).order_by(found.c.id)
 
 
 def _suppress_reason(as_of: date) -> ColumnElement[str | None]:
