@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlmodel import SQLModel
 
 import models.tables  # noqa: F401 - registers the tables on SQLModel.metadata
@@ -35,19 +38,41 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def init_db(engine: Engine) -> None:
-    """Create every table and index that does not exist yet.
+    """Bring the database to the current schema: create it, or migrate it.
 
-    `create_all` skips a table that exists, indexes included; an index added in a later
-    release is created here on its own, so an existing database gets it too. (A new column
-    would need a migration.)
+    - An empty database: every table is created as the models describe it, and the schema
+      is recorded at the latest revision (`alembic_version`).
+    - A database made before migrations existed (tables, no `alembic_version`): recorded at
+      the baseline revision, then migrated.
+    - Otherwise: the revisions it lacks are applied (Alembic, `models/migrations`).
     """
-    SQLModel.metadata.create_all(engine)
     with engine.begin() as conn:
-        for table in SQLModel.metadata.sorted_tables:
-            for index in table.indexes:
-                index.create(conn, checkfirst=True)
+        tables = set(inspect(conn).get_table_names())
+        config = _alembic_config(conn)
+        if "alembic_version" in tables:
+            command.upgrade(config, "head")
+        elif tables & set(SQLModel.metadata.tables):
+            command.stamp(config, BASELINE)
+            command.upgrade(config, "head")
+        else:
+            SQLModel.metadata.create_all(conn)
+            command.stamp(config, "head")
+
+
+BASELINE = "0001"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _alembic_config(conn: Connection) -> Config:
+    """Alembic's configuration for migrating over `conn`, inside the caller's transaction."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = conn
+    return config
 
 
 def drop_db(engine: Engine) -> None:
-    """Drop every Collectflow table (tests and `init --reset`)."""
+    """Drop every Collectflow table and the schema's revision (tests and `init --reset`)."""
     SQLModel.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")

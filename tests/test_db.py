@@ -1,27 +1,55 @@
-"""The database layer: `init_db` on a database made by an earlier release, and `in_ids`, the
-one-parameter id list every claim and record of a delivery uses."""
+"""The database layer: migrations (`init_db` on new and older databases, the revisions
+against the models), and `in_ids`, the one-parameter id list of a delivery's claims."""
 
 from __future__ import annotations
 
 from datetime import date
 
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, insert, inspect, select
+from sqlmodel import SQLModel
 
-from models import Case, Customer, Message, in_ids, init_db
+from models import Case, Customer, Message, drop_db, in_ids, init_db
+from models.db import MIGRATIONS
 
 MESSAGES = Message.__table__
 
 
-def test_init_db_adds_an_index_missing_from_an_existing_table(engine: Engine) -> None:
-    # a database from before the delivery index: the table exists, the index does not
+def test_a_database_made_before_migrations_is_brought_to_the_latest_revision(
+    engine: Engine,
+) -> None:
+    # as `create_all` made it before migrations existed: no version table, no later index
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP INDEX ix_messages_status_id")
-    assert "ix_messages_status_id" not in _indexes(engine)
+        conn.exec_driver_sql("DROP TABLE alembic_version")
 
     init_db(engine)
-    init_db(engine)  # and again: nothing to do, no error
+    init_db(engine)  # and again: nothing left to do, no error
 
     assert "ix_messages_status_id" in _indexes(engine)
+    assert _revision(engine) == _head()
+
+
+def test_a_new_database_is_created_at_the_latest_revision(engine: Engine) -> None:
+    assert _revision(engine) == _head()
+
+
+def test_the_migrations_build_exactly_the_schema_the_models_describe(engine: Engine) -> None:
+    """Replaying every revision on an empty database must give what the models say: a model
+    changed without its migration fails here."""
+    drop_db(engine)
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert differences == []
 
 
 def test_in_ids_selects_the_listed_rows_whatever_the_list(engine: Engine) -> None:
@@ -54,6 +82,17 @@ def test_in_ids_selects_the_listed_rows_whatever_the_list(engine: Engine) -> Non
     with engine.connect() as conn:
         for ids in ([2, 5], [1, 2, 3, 4, 5, 6, 7], [7], [], [99, 3]):
             assert conn.scalars(query, {"ids": ids}).all() == sorted(set(ids) & set(range(1, 8)))
+
+
+def _revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def _head() -> str | None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 def _indexes(engine: Engine) -> set[str]:

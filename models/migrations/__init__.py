@@ -1,0 +1,1 @@
+"""Alembic migrations of Collectflow's schema (`init_db` runs them; see docs/migrations.md)."""
