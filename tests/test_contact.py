@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import Engine, func, insert, select, update
@@ -26,6 +27,7 @@ from tests.test_deliver import (
     add_customer,
     add_invoice,
     add_message,
+    add_payment,
     message_row,
     overdue_reminder,
 )
@@ -205,6 +207,23 @@ def test_two_messages_due_to_one_customer_go_one_delivery_apart(
     assert sent_messages(engine) == 1
 
     assert deliver_due(engine, settings, AS_OF, Contact(cap=None)).sent == 1
+
+
+def test_a_suppressed_message_does_not_hold_back_its_customers_next_one(
+    engine: Engine, settings: Settings
+) -> None:
+    first = customer_with_reminder(engine, "C1")  # asks for INV-C1, paid since it was planned
+    with engine.begin() as conn:
+        add_payment(conn, "INV-C1", Decimal("1234.56"), AS_OF, payment_id="PAY-C1")
+        add_invoice(conn, "C1", "INV-2")
+        case_id = message_row(engine, first).case_id
+        campaign = add_message(conn, case_id, "C1", ["INV-2"], kind="campaign")
+
+    report = deliver_due(engine, settings, AS_OF, Contact(cap=None))
+
+    assert (report.sent, report.suppressed, report.deferred) == (1, {"paid_before_send": 1}, {})
+    assert message_row(engine, first).status == "suppressed"
+    assert message_row(engine, campaign).status == "sent"
 
 
 def customers_with_three_due_messages(engine: Engine, count: int) -> None:
