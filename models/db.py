@@ -42,8 +42,9 @@ def init_db(engine: Engine) -> None:
 
     - An empty database: every table is created as the models describe it, and the schema
       is recorded at the latest revision (`alembic_version`).
-    - A database made before migrations existed (tables, no `alembic_version`): recorded at
-      the baseline revision, then migrated.
+    - A database made before migrations existed (tables, no `alembic_version`): the tables it
+      lacks (added by a later version than the one that made it) are created, the schema is
+      recorded at the baseline revision, then migrated.
     - Otherwise: the revisions it lacks are applied (Alembic, `models/migrations`).
     """
     with engine.begin() as conn:
@@ -52,6 +53,7 @@ def init_db(engine: Engine) -> None:
         if "alembic_version" in tables:
             command.upgrade(config, "head")
         elif tables & set(SQLModel.metadata.tables):
+            SQLModel.metadata.create_all(conn)  # only the missing tables, as `init` always did
             command.stamp(config, BASELINE)
             command.upgrade(config, "head")
         else:
