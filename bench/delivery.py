@@ -258,6 +258,10 @@ def figures(args: argparse.Namespace, url: str, rounds: dict[str, list[Round]]) 
         "collectflow_msgs_per_s": round(rate["collectflow"]),
         "ratio": round(rate["collectflow"] / rate["bare"], 3),
         "ratio_median_of_rounds": round(statistics.median(paired), 3),
+        # the spread of the rounds' own ratios: on a shared machine, read the target against it
+        "ratio_of_rounds_quartiles": [round(q, 3) for q in statistics.quantiles(paired, n=4)]
+        if len(paired) > 1
+        else [],
         "cpu_ms_per_message": {
             name: {
                 "sender": median_ms(name, "cpu"),
