@@ -72,9 +72,10 @@ from flows.contact_policy import Contact
 from flows.errors import DeliveryError
 from flows.escalate import queue_cases
 from flows.lifecycle import CLOSED, PAUSED_STATES
-from flows.mail import Composer, Email, message_id_for
+from flows.mail import Composer, Email
 from flows.outbox import (
     BOUNCED,
+    EVENT_COLUMNS,
     EVENTS,
     FAILED,
     IN_DOUBT,
@@ -513,7 +514,7 @@ class Delivery:
         with self.engine.begin() as conn:
             take_write_lock(conn)
             params = {"now": now, "after": after, "size": size}
-            if conn.dialect.name == "postgresql":  # and lock their customers, see below
+            if conn.dialect.name == "postgresql":  # and lock their customers (see the query)
                 found = conn.execute(sql.due_and_customers, params).all()
             else:  # claims take turns: nothing to lock
                 found = [(message_id, False) for message_id in conn.scalars(sql.due, params)]
@@ -540,7 +541,7 @@ class Delivery:
                 self.worker,
             )
             # The rows were read in this transaction and are ours (SQLite: the write lock;
-            # PostgreSQL: locked FOR UPDATE by the due query): only the claim changed them.
+            # PostgreSQL: locked FOR UPDATE by `due_and_customers`): only the claim changed them.
             taken = {message_id for message_id, _ in claimed}
             rows = [row | {"attempts": row["attempts"] + 1} for row in ready if row["id"] in taken]
             reminders = {
@@ -590,7 +591,7 @@ class Delivery:
         """
         unnamed = [row for row in rows if not row["message_id_header"]]
         for row in unnamed:
-            row["message_id_header"] = message_id_for(row["key"], self.composer.domain)
+            row["message_id_header"] = self.composer.message_id(row)
         if unnamed:
             named = [{"n_id": row["id"], "n_header": row["message_id_header"]} for row in unnamed]
             conn.execute(_NAME, named)
@@ -710,7 +711,7 @@ _RESULTS_MOVED = _RESULT_UPDATE.returning(
 _RESULT_LOGGED = (
     insert(EVENTS)
     .from_select(
-        ["message_id", "at", "from_status", "to_status", "reason", "worker"],
+        EVENT_COLUMNS,
         select(
             _RESULTS_MOVED.c.id,
             bindparam("log_at", type_=EVENTS.c.at.type),

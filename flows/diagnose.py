@@ -339,18 +339,36 @@ def queue_uncased_disputes(conn: Connection, as_of: date) -> int:
         QUEUE.c.detail == BALANCES.c.invoice_id,
         QUEUE.c.resolved_on.is_(None),
     )
+    new = and_(BALANCES.c.remindable.is_(False), BALANCES.c.customer_id.not_in(cased))
+    return _queue_invoices(
+        conn,
+        "disputed",
+        BALANCES.c.customer_id,
+        BALANCES.c.invoice_id,
+        and_(new, not_(already)),
+        as_of,
+    )
+
+
+def _queue_invoices(
+    conn: Connection,
+    reason: str,
+    customer_id: ColumnElement[Any],
+    invoice_id: ColumnElement[Any],
+    where: ColumnElement[bool],
+    as_of: date,
+) -> int:
+    """Queue one item per invoice selected by `where`, with no case (detail = invoice id);
+    returns how many."""
     source = select(
         literal(None, QUEUE.c.case_id.type),
-        BALANCES.c.customer_id,
-        literal("disputed"),
-        BALANCES.c.invoice_id,
+        customer_id,
+        literal(reason),
+        invoice_id,
         literal(as_of, QUEUE.c.created_on.type),
-    ).where(BALANCES.c.remindable.is_(False), BALANCES.c.customer_id.not_in(cased), not_(already))
-    return conn.execute(
-        insert(QUEUE).from_select(
-            ["case_id", "customer_id", "reason", "detail", "created_on"], source
-        )
-    ).rowcount
+    ).where(where)
+    columns = ["case_id", "customer_id", "reason", "detail", "created_on"]
+    return conn.execute(insert(QUEUE).from_select(columns, source)).rowcount
 
 
 def overpaid_invoices(policy: Policy, as_of: date) -> Any:
@@ -400,15 +418,6 @@ def queue_refunds(conn: Connection, policy: Policy, as_of: date) -> int:
         QUEUE.c.customer_id == over.c.customer_id,
         QUEUE.c.detail == over.c.invoice_id,
     )
-    source = select(
-        literal(None, QUEUE.c.case_id.type),
-        over.c.customer_id,
-        literal("refund_due"),
-        over.c.invoice_id,
-        literal(as_of, QUEUE.c.created_on.type),
-    ).where(not_(already))
-    return conn.execute(
-        insert(QUEUE).from_select(
-            ["case_id", "customer_id", "reason", "detail", "created_on"], source
-        )
-    ).rowcount
+    return _queue_invoices(
+        conn, "refund_due", over.c.customer_id, over.c.invoice_id, not_(already), as_of
+    )

@@ -167,6 +167,10 @@ class Composer:
             self._date_value = format_datetime(datetime.fromtimestamp(second, UTC))
         return self._date_value
 
+    def message_id(self, row: Mapping[str, Any]) -> str:
+        """The row's Message-ID: the one stored with it, or the one its key gives."""
+        return row["message_id_header"] or message_id_for(row["key"], self.domain)
+
     def compose(self, row: Mapping[str, Any], earlier: Sequence[str] = ()) -> Email:
         """The email for a rendered message row.
 
@@ -176,7 +180,7 @@ class Composer:
         references them all, so mail clients show the stages as one conversation.
         Raises DeliveryError when the address is unusable.
         """
-        message_id = row["message_id_header"] or message_id_for(row["key"], self.domain)
+        message_id = self.message_id(row)
         to = recipient(row["customer_name"], row["to_address"])
         headers = [
             ("To", _mailbox_of(to)),

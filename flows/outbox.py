@@ -36,6 +36,7 @@ from models import Message, MessageEvent, in_ids
 
 MESSAGES = Message.__table__
 EVENTS = MessageEvent.__table__
+EVENT_COLUMNS = ["message_id", "at", "from_status", "to_status", "reason", "worker"]
 
 PLANNED = "planned"
 SENDING = "sending"
@@ -73,7 +74,7 @@ def move_statement(
     **values: Any,
 ) -> Update:
     """The UPDATE of `move`, to build once and run many times with `run_move` (its bind
-    parameters, e.g. an expanding list of ids, are given at each run)."""
+    parameters, e.g. the batch's ids of `models.in_ids`, are given at each run)."""
     reason_value = reason if isinstance(reason, ColumnElement) else literal(reason, String)
     return (
         update(MESSAGES)
@@ -126,10 +127,9 @@ def _logged(statement: Update, from_status: str, to_status: str) -> Insert:
         moved.c.status_reason,
         bindparam("log_worker", type_=String),
     )
-    columns = ["message_id", "at", "from_status", "to_status", "reason", "worker"]
     return (
         insert(EVENTS)
-        .from_select(columns, rows)
+        .from_select(EVENT_COLUMNS, rows)
         .add_cte(moved, nest_here=True)
         .returning(EVENTS.c.message_id, EVENTS.c.reason)
     )
@@ -138,7 +138,7 @@ def _logged(statement: Update, from_status: str, to_status: str) -> Insert:
 _LOG_MOVE = insert(EVENTS)
 # SQLite: the log of a move just made, copied from the moved rows (reason included)
 _LOG_COPY = insert(EVENTS).from_select(
-    ["message_id", "at", "from_status", "to_status", "reason", "worker"],
+    EVENT_COLUMNS,
     select(
         MESSAGES.c.id,
         bindparam("log_at", type_=EVENTS.c.at.type),

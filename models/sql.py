@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import (
-    Integer,
-    Select,
-    String,
-    Table,
-    bindparam,
-    true,
-)
+from sqlalchemy import Integer, Select, String, Table, bindparam, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
