@@ -45,12 +45,13 @@ sys.path.insert(0, str(ROOT))
 from flows.config import Settings  # noqa: E402
 from flows.contact_policy import Contact  # noqa: E402
 from flows.deliver import deliver_due  # noqa: E402
-from flows.mail import Composer, message_id_for  # noqa: E402
+from flows.mail import Composer, message_id_for, mime_body  # noqa: E402
 from models import (  # noqa: E402
     Case,
     Customer,
     Invoice,
     Message,
+    MessageContent,
     MessageItem,
     drop_db,
     init_db,
@@ -116,6 +117,10 @@ def seed(engine: Engine, messages: list[dict]) -> None:
              "opened_on": AS_OF} for n in ids])  # fmt: skip
         conn.execute(insert(Message.__table__), [
             {k: v for k, v in row.items() if k in message_columns} | {"attempts": 0}
+            for row in messages])  # fmt: skip
+        conn.execute(insert(MessageContent.__table__), [  # as render stores them
+            {"message_id": row["id"], "body_text": row["body_text"], "body_html": row["body_html"],
+             "body_mime": mime_body(row["body_text"], row["body_html"], row["key"])}
             for row in messages])  # fmt: skip
         conn.execute(insert(MessageItem.__table__), [
             {"message_id": n + 1, "invoice_id": f"INV-{n}", "currency": "EUR",
@@ -225,7 +230,7 @@ def main() -> None:
         )
         messages = rows(args.messages)
         composer = Composer(settings)
-        emails = [composer.compose(row).data for row in messages]
+        emails = [composer.compose(row | {"body_mime": None}).data for row in messages]
         engine = make_engine(url)
         rounds: dict[str, list[Round]] = {"bare": [], "collectflow": []}
         try:

@@ -39,6 +39,7 @@ from models import (
     Customer,
     InvoiceBalance,
     Message,
+    MessageContent,
     MessageItem,
     days_between,
     init_db,
@@ -50,6 +51,7 @@ CASES = Case.__table__
 CUSTOMERS = Customer.__table__
 BALANCES = InvoiceBalance.__table__
 MESSAGES = Message.__table__
+CONTENTS = MessageContent.__table__
 ITEMS = MessageItem.__table__
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
@@ -241,8 +243,9 @@ def preview(
     ).all()
     sample = conn.execute(
         select(
-            MESSAGES.c.customer_id, MESSAGES.c.template, MESSAGES.c.subject, MESSAGES.c.body_text
+            MESSAGES.c.customer_id, MESSAGES.c.template, MESSAGES.c.subject, CONTENTS.c.body_text
         )
+        .join_from(MESSAGES, CONTENTS, CONTENTS.c.message_id == MESSAGES.c.id, isouter=True)
         .where(today, MESSAGES.c.subject.is_not(None))
         .order_by(MESSAGES.c.id)
         .limit(size)

@@ -41,6 +41,7 @@ from models import (
     EscalationStep,
     Invoice,
     Message,
+    MessageContent,
     MessageItem,
     Payment,
     Promise,
@@ -53,6 +54,7 @@ DISPUTES = Dispute.__table__
 STEPS = EscalationStep.__table__
 INVOICES = Invoice.__table__
 MESSAGES = Message.__table__
+CONTENTS = MessageContent.__table__
 ITEMS = MessageItem.__table__
 PAYMENTS = Payment.__table__
 PROMISES = Promise.__table__
@@ -345,11 +347,14 @@ def withdraw_invoice(conn: Connection, case_id: int, invoice_id: str) -> int:
     has_items = exists().where(ITEMS.c.message_id == MESSAGES.c.id)
     emptied = and_(MESSAGES.c.id.in_(touched), ~has_items)
     move(conn, emptied, PLANNED, SUPPRESSED, "disputed", datetime.now(UTC))
-    conn.execute(
+    cleared = conn.scalars(
         update(MESSAGES)
         .where(MESSAGES.c.id.in_(touched), MESSAGES.c.status == PLANNED)
-        .values(subject=None, body_text=None, body_html=None, rendered_at=None)
-    )
+        .values(subject=None, rendered_at=None)
+        .returning(MESSAGES.c.id)
+    ).all()
+    if cleared:
+        conn.execute(delete(CONTENTS).where(CONTENTS.c.message_id.in_(cleared)))
     return len(touched)
 
 

@@ -90,11 +90,22 @@ from flows.outbox import (
     take_write_lock,
 )
 from flows.policy import load_policy
-from models import Case, Customer, Invoice, Message, MessageItem, Payment, in_ids, make_engine
+from models import (
+    Case,
+    Customer,
+    Invoice,
+    Message,
+    MessageContent,
+    MessageItem,
+    Payment,
+    in_ids,
+    make_engine,
+)
 
 log = logging.getLogger(__name__)
 
 MESSAGES = Message.__table__
+CONTENTS = MessageContent.__table__
 ITEMS = MessageItem.__table__
 INVOICES = Invoice.__table__
 PAYMENTS = Payment.__table__
@@ -772,6 +783,7 @@ class _Statements:
             .exists()
             .label("thread")
         )
+        no_mime = CONTENTS.c.body_mime.is_(None)
         self.candidates = (
             select(
                 MESSAGES.c.id,
@@ -781,8 +793,10 @@ class _Statements:
                 MESSAGES.c.customer_id,
                 MESSAGES.c.to_address,
                 MESSAGES.c.subject,
-                MESSAGES.c.body_text,
-                MESSAGES.c.body_html,
+                CONTENTS.c.body_mime,
+                # the text and HTML only where the MIME body is missing (rendered before it)
+                case((no_mime, CONTENTS.c.body_text)).label("body_text"),
+                case((no_mime, CONTENTS.c.body_html)).label("body_html"),
                 MESSAGES.c.message_id_header,
                 MESSAGES.c.attempts,
                 CUSTOMERS.c.name.label("customer_name"),
@@ -792,7 +806,9 @@ class _Statements:
                 thread,
             )
             .select_from(
-                MESSAGES.outerjoin(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
+                MESSAGES.outerjoin(
+                    CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id
+                ).outerjoin(CONTENTS, CONTENTS.c.message_id == MESSAGES.c.id)
             )
             .where(in_ids(MESSAGES.c.id), MESSAGES.c.status == PLANNED)
             .order_by(MESSAGES.c.id)

@@ -175,9 +175,10 @@ class Composer:
         """The email for a rendered message row.
 
         `row` holds the message's key, kind, customer_id, customer_name, to_address, subject,
-        body_text, body_html and message_id_header. `earlier` lists the Message-IDs of the
-        case's reminders already sent, oldest first: the email replies to the latest and
-        references them all, so mail clients show the stages as one conversation.
+        body_mime (or, when it is empty, body_text and body_html) and message_id_header.
+        `earlier` lists the Message-IDs of the case's reminders already sent, oldest first:
+        the email replies to the latest and references them all, so mail clients show the
+        stages as one conversation.
         Raises DeliveryError when the address is unusable.
         """
         message_id = self.message_id(row)
@@ -195,18 +196,22 @@ class Composer:
         if thread:
             headers += [("In-Reply-To", thread[-1]), ("References", " ".join(thread))]
         head = self._fixed + "".join(_header(name, value) for name, value in headers)
-        body = _body(row["body_text"] or "", row["body_html"], message_id)
+        body = row["body_mime"] or mime_body(row["body_text"], row["body_html"], row["key"])
         return Email(self.sender, to.address, message_id, head.encode("ascii") + body)
 
 
-def _body(text: str, html: str | None, message_id: str) -> bytes:
-    """MIME headers and body: text/plain, or multipart/alternative with text and HTML.
+def mime_body(text: str | None, html: str | None, key: str) -> bytes:
+    """The MIME part of a message's email: text/plain, or multipart/alternative with text
+    and HTML. It depends only on the rendered content, so render builds it once and stores
+    it, and each delivery attempt only adds the headers.
 
-    The boundary starts with `=_`, which quoted-printable output can never contain.
+    The boundary comes from the message's idempotency `key` and starts with `=_`, which
+    quoted-printable output can never contain.
     """
+    text = text or ""
     if not html:
         return b"MIME-Version: 1.0\n" + _part(text, "plain")
-    boundary = "=_" + hashlib.sha256(message_id.encode("utf-8")).hexdigest()[:24]
+    boundary = "=_" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
     delimiter = f"--{boundary}\n".encode("ascii")
     return b"".join(
         (

@@ -56,12 +56,12 @@ from babel.dates import format_date
 from babel.numbers import format_currency
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from sqlalchemy import Connection, Row, String, bindparam, func, select, update
+from sqlalchemy import Connection, Row, String, bindparam, delete, func, insert, select, update
 
 from flows.errors import TemplateError
-from flows.mail import message_id_for
+from flows.mail import message_id_for, mime_body
 from flows.policy import Policy, Sender
-from models import Customer, Invoice, Message, MessageItem
+from models import Customer, Invoice, Message, MessageContent, MessageItem
 
 FALLBACK_LOCALE = "en"
 INTERNAL_TEMPLATES = frozenset({"escalation"})
@@ -82,6 +82,7 @@ CONTEXT_KEYS = frozenset(
 )
 
 MESSAGES = Message.__table__
+CONTENTS = MessageContent.__table__
 ITEMS = MessageItem.__table__
 INVOICES = Invoice.__table__
 CUSTOMERS = Customer.__table__
@@ -270,8 +271,6 @@ _STORE = (
     .where(MESSAGES.c.id == bindparam("message_id"), MESSAGES.c.subject.is_(None))
     .values(
         subject=bindparam("subject"),
-        body_text=bindparam("body_text"),
-        body_html=bindparam("body_html"),
         rendered_at=bindparam("rendered_at"),
         message_id_header=func.coalesce(
             MESSAGES.c.message_id_header, bindparam("message_id_header", type_=String)
@@ -291,6 +290,9 @@ def render_planned(
 ) -> int:
     """Render every planned message not rendered yet, storing subject, bodies and rendered_at.
 
+    The bodies go to `message_contents` with the MIME part built from them
+    (`mail.mime_body`), so delivery only adds the headers.
+
     With `domain` (the sender's, `mail.sender_domain`), each message also gets its Message-ID
     now, with its content, so delivery does not write it per message; without, delivery
     names it just before sending.
@@ -308,9 +310,28 @@ def render_planned(
             header = message_id_for(message._mapping["key"], domain) if domain else None
             row["message_id_header"] = header
         conn.execute(_STORE, rows)
+        _store_contents(conn, rows)
         rendered += len(rows)
         after = batch[-1].id
     return rendered
+
+
+def _store_contents(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """The batch's bodies, replacing any left from an earlier rendering."""
+    ids = [row["message_id"] for row in rows]
+    conn.execute(delete(CONTENTS).where(CONTENTS.c.message_id.in_(ids)))
+    conn.execute(
+        insert(CONTENTS),
+        [
+            {
+                "message_id": row["message_id"],
+                "body_text": row["body_text"],
+                "body_html": row["body_html"],
+                "body_mime": mime_body(row["body_text"], row["body_html"], row["key"]),
+            }
+            for row in rows
+        ],
+    )
 
 
 def _next_batch(conn: Connection, after: int, size: int) -> Sequence[Row[Any]]:
@@ -367,6 +388,7 @@ def _render_batch(
         rows.append(
             {
                 "message_id": message.id,
+                "key": message.key,
                 "subject": result.subject,
                 "body_text": result.text,
                 "body_html": result.html,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from models.instant import UtcDateTime
@@ -202,9 +202,7 @@ class Message(SQLModel, table=True):
     planned_on: date
     status: str = Field(default="planned", max_length=16)
     status_reason: str | None = None
-    subject: str | None = None
-    body_text: str | None = Field(default=None, sa_type=Text)
-    body_html: str | None = Field(default=None, sa_type=Text)
+    subject: str | None = Field(default=None, description="set when rendered (see contents)")
     message_id_header: str | None = None
     rendered_at: datetime | None = Field(default=None, sa_column=instant_column())
     sent_at: datetime | None = Field(default=None, sa_column=instant_column())
@@ -228,6 +226,26 @@ class Message(SQLModel, table=True):
     lease_until: datetime | None = Field(
         default=None, sa_column=instant_column(), description="the claim is void after this"
     )
+
+
+class MessageContent(SQLModel, table=True):
+    """A rendered message's content, apart from its row in the outbox.
+
+    Written once when the message is rendered and read once when it is claimed, while its
+    `messages` row changes status four or five times: kept in the row, a body of a few KB
+    made every status change rewrite it (on SQLite a row past a page spills to overflow
+    pages, and a claim and its result cost half as much again). `body_mime` is the email's
+    MIME part as it goes on the wire (the text and HTML, quoted-printable), built at render
+    so that delivery only adds the headers of the moment; a row rendered before it existed
+    has none, and delivery builds it from the text and HTML.
+    """
+
+    __tablename__ = "message_contents"
+
+    message_id: int = Field(foreign_key="messages.id", primary_key=True)
+    body_text: str | None = Field(default=None, sa_type=Text)
+    body_html: str | None = Field(default=None, sa_type=Text)
+    body_mime: bytes | None = Field(default=None, sa_type=LargeBinary)
 
 
 class MessageItem(SQLModel, table=True):

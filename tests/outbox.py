@@ -10,17 +10,25 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select
+from sqlalchemy import Connection, Select, and_, func, insert, or_, select
 
-from models import Case, Invoice, Message, MessageEvent, MessageItem
+from models import Case, Invoice, Message, MessageContent, MessageEvent, MessageItem
 
 CASES = Case.__table__
 MESSAGES = Message.__table__
+CONTENTS = MessageContent.__table__
 ITEMS = MessageItem.__table__
 INVOICES = Invoice.__table__
 EVENTS = MessageEvent.__table__
 
 STAGE_INDEX = {"pre_due": 0, "gentle": 1, "firm": 2, "final": 3}
+
+
+def with_content() -> Select:
+    """Messages with their rendered bodies (`message_contents`), to add `.where(...)` to."""
+    return select(
+        MESSAGES, CONTENTS.c.body_text, CONTENTS.c.body_html, CONTENTS.c.body_mime
+    ).join_from(MESSAGES, CONTENTS, CONTENTS.c.message_id == MESSAGES.c.id, isouter=True)
 
 
 def open_case(conn: Connection, customer_id: str, on: date, segment: str = "on_time") -> int:

@@ -46,6 +46,7 @@ from models import (
     QueueItem,
 )
 from tests.ledger import Ledger
+from tests.outbox import with_content
 
 CASES, MESSAGES = Case.__table__, Message.__table__
 TABLES = [CaseEvent, Promise, Dispute, Payment, Message, QueueItem]
@@ -206,7 +207,7 @@ def test_resend_a_message_plans_and_renders_a_copy_with_todays_amounts(
     actions.resend_message(gentle, "ana", "customer lost it")
 
     with engine.connect() as conn:
-        copy = conn.execute(select(MESSAGES).where(MESSAGES.c.key == f"resend:{gentle}:1")).one()
+        copy = conn.execute(with_content().where(MESSAGES.c.key == f"resend:{gentle}:1")).one()
     assert (copy.stage, copy.status, copy.planned_on) == ("gentle", "planned", today)
     assert copy.subject and "250.00" in copy.body_text
 

@@ -10,11 +10,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, insert, inspect, select
+from sqlalchemy import Connection, Engine, insert, inspect, select, text
 from sqlmodel import SQLModel
 
-from models import Case, Customer, Message, drop_db, in_ids, init_db
-from models.db import MIGRATIONS
+from models import Case, Customer, Message, MessageContent, drop_db, in_ids, init_db
+from models.db import BASELINE, MIGRATIONS
 
 MESSAGES = Message.__table__
 
@@ -22,12 +22,14 @@ MESSAGES = Message.__table__
 def test_a_database_made_before_migrations_is_brought_to_the_latest_revision(
     engine: Engine,
 ) -> None:
-    # as `create_all` made it before migrations existed, by a version older still: no
-    # version table, no later index, and a table added since missing
+    # as `create_all` made it before migrations existed (the baseline's schema), by a version
+    # older still: no version table, a table added since missing, and a rendered message
+    drop_db(engine)
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP INDEX ix_messages_status_id")
+        command.upgrade(_config(conn), BASELINE)
         conn.exec_driver_sql("DROP TABLE alembic_version")
         conn.exec_driver_sql("DROP TABLE escalation_steps")
+        _rendered_before_contents(conn)
 
     init_db(engine)
     init_db(engine)  # and again: nothing left to do, no error
@@ -35,6 +37,23 @@ def test_a_database_made_before_migrations_is_brought_to_the_latest_revision(
     assert "ix_messages_status_id" in _indexes(engine)
     assert "escalation_steps" in inspect(engine).get_table_names()
     assert _revision(engine) == _head()
+    _assert_bodies_moved(engine)
+
+
+def test_a_message_rendered_before_contents_keeps_its_bodies(engine: Engine) -> None:
+    """Revision 0003 moves the bodies out of `messages`; delivery builds their MIME body."""
+    drop_db(engine)
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), "0002")
+        _rendered_before_contents(conn)
+
+    init_db(engine)
+
+    _assert_bodies_moved(engine)
+    with engine.begin() as conn:  # and back: the bodies return to the messages' rows
+        command.downgrade(_config(conn), "0002")
+        row = conn.exec_driver_sql("SELECT body_text, body_html FROM messages").one()
+    assert tuple(row) == ("Please pay 10.00 EUR.", "<p>Please pay <b>10.00 EUR</b>.</p>")
 
 
 def test_a_new_database_is_created_at_the_latest_revision(engine: Engine) -> None:
@@ -46,10 +65,7 @@ def test_the_migrations_build_exactly_the_schema_the_models_describe(engine: Eng
     changed without its migration fails here."""
     drop_db(engine)
     with engine.begin() as conn:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+        command.upgrade(_config(conn), "head")
     with engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     assert differences == []
@@ -85,6 +101,40 @@ def test_in_ids_selects_the_listed_rows_whatever_the_list(engine: Engine) -> Non
     with engine.connect() as conn:
         for ids in ([2, 5], [1, 2, 3, 4, 5, 6, 7], [7], [], [99, 3]):
             assert conn.scalars(query, {"ids": ids}).all() == sorted(set(ids) & set(range(1, 8)))
+
+
+def _config(conn: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = conn
+    return config
+
+
+def _rendered_before_contents(conn: Connection) -> None:
+    """A customer, a case and a message rendered into the outbox's own row (before 0003)."""
+    conn.execute(insert(Customer.__table__).values(customer_id="C1", name="A", email="a@x.org"))
+    conn.execute(
+        insert(Case.__table__).values(
+            id=1, customer_id="C1", segment="s", ladder="l", opened_on=date(2025, 1, 1)
+        )
+    )
+    conn.execute(
+        text("INSERT INTO messages (id, key, case_id, customer_id, kind, stage, stage_index, "
+             "template, locale, to_address, planned_on, status, subject, body_text, body_html, "
+             "attempts) VALUES (1, 'k1', 1, 'C1', 'reminder', 'gentle', 0, 'gentle', 'en', "
+             "'a@x.org', '2025-01-01', 'planned', 'Invoice', :text, :html, 0)"),
+        {"text": "Please pay 10.00 EUR.", "html": "<p>Please pay <b>10.00 EUR</b>.</p>"},
+    )  # fmt: skip
+
+
+def _assert_bodies_moved(engine: Engine) -> None:
+    columns = {column["name"] for column in inspect(engine).get_columns("messages")}
+    assert not {"body_text", "body_html"} & columns
+    with engine.connect() as conn:
+        content = conn.execute(select(MessageContent.__table__)).one()
+    assert tuple(content) == (
+        1, "Please pay 10.00 EUR.", "<p>Please pay <b>10.00 EUR</b>.</p>", None
+    )  # fmt: skip
 
 
 def _revision(engine: Engine) -> str | None:

@@ -24,13 +24,14 @@ from flows.config import Settings, get_settings
 from flows.deliver import MAX_ATTEMPTS, deliver_due
 from flows.delivery import deliver as deliver_flow
 from flows.errors import ConfigError
-from flows.mail import Composer, message_id_for, unsubscribe_token
+from flows.mail import Composer, message_id_for, mime_body, unsubscribe_token
 from models import (
     Case,
     ContactBlock,
     Customer,
     Invoice,
     Message,
+    MessageContent,
     MessageEvent,
     MessageItem,
     Payment,
@@ -46,6 +47,7 @@ INVOICES = Invoice.__table__
 PAYMENTS = Payment.__table__
 CASES = Case.__table__
 MESSAGES = Message.__table__
+CONTENTS = MessageContent.__table__
 ITEMS = MessageItem.__table__
 BLOCKS = ContactBlock.__table__
 QUEUE = QueueItem.__table__
@@ -152,13 +154,16 @@ def add_message(
             to_address=to_address,
             planned_on=planned_on,
             subject=subject,
-            body_text=body_text,
-            body_html=body_html,
             rendered_at=datetime(2025, 3, 10, 6, tzinfo=UTC),
             attempts=attempts,
         )
         .returning(MESSAGES.c.id)
     ).scalar_one()
+    # the text and HTML without their MIME body, as rendered before it was stored: delivery
+    # builds it (the MIME body render stores is tested in test_render)
+    conn.execute(
+        insert(CONTENTS).values(message_id=message_id, body_text=body_text, body_html=body_html)
+    )
     for invoice_id in invoice_ids:
         owed = conn.execute(
             select(INVOICES.c.amount).where(INVOICES.c.invoice_id == invoice_id)
@@ -308,6 +313,23 @@ def test_a_french_reminder_arrives_over_smtp_with_both_parts(
     assert FRENCH_AMOUNT in text and FRENCH_AMOUNT in html
     assert html.startswith("<p>Bonjour Élodie")
     assert email.get_body(preferencelist=("plain",)).get_content_charset() == "utf-8"
+
+
+def test_the_mime_body_stored_at_render_is_what_goes_out(engine: Engine, smtp: SmtpServer) -> None:
+    message_id = overdue_reminder(engine, body_text="Rebuilt from the text.", body_html="")
+    stored = mime_body("Stored at render: 1,234.56 EUR.", "<p>Stored</p>", "k")
+    with engine.begin() as conn:
+        conn.execute(
+            update(CONTENTS).where(CONTENTS.c.message_id == message_id).values(body_mime=stored)
+        )
+
+    assert deliver_due(engine, get_settings(), AS_OF).sent == 1
+
+    [envelope] = smtp.envelopes
+    email = envelope.parse()
+    text, html = bodies(email)
+    assert (text.strip(), html.strip()) == ("Stored at render: 1,234.56 EUR.", "<p>Stored</p>")
+    assert email["Message-ID"] == message_row(engine, message_id).message_id_header
 
 
 def test_later_stages_reply_to_the_previous_one_and_reference_them_all(
@@ -685,6 +707,7 @@ def test_the_subject_stays_on_one_line(settings: Settings) -> None:
         "customer_name": "Ada",
         "to_address": "ada@example.org",
         "subject": "Overdue\r\nBcc: evil@example.net",
+        "body_mime": None,
         "body_text": "text",
         "body_html": None,
         "message_id_header": None,

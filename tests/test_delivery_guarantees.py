@@ -25,9 +25,20 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.config import Settings, get_settings
 from flows.deliver import FLUSH_SIZE, deliver_due, deliver_with_workers, recheck_expired_leases
+from flows.mail import mime_body
 from flows.outbox import NotInDoubt, in_doubt, resolve_in_doubt
-from models import Case, Customer, Invoice, Message, MessageEvent, MessageItem, QueueItem
+from models import (
+    Case,
+    Customer,
+    Invoice,
+    Message,
+    MessageContent,
+    MessageEvent,
+    MessageItem,
+    QueueItem,
+)
 from tests.ledger import Ledger
+from tests.outbox import with_content
 from tests.smtp_server import SmtpServer
 
 AS_OF = date(2025, 3, 10)
@@ -62,8 +73,13 @@ def seed_reminders(engine: Engine, count: int) -> None:
             [{"id": n + 1, "key": f"case:{n + 1}:gentle", "case_id": n + 1, "customer_id": f"C{n}",
               "stage": "gentle", "stage_index": 0, "template": "gentle",
               "to_address": f"c{n}@example.org", "planned_on": AS_OF, "subject": f"Invoice {n}",
-              "body_text": "Please pay.", "rendered_at": datetime(2025, 3, 10, 6, tzinfo=UTC)}
+              "rendered_at": datetime(2025, 3, 10, 6, tzinfo=UTC)}
              for n in ids],
+        )  # fmt: skip
+        conn.execute(
+            insert(MessageContent.__table__),
+            [{"message_id": n + 1, "body_text": "Please pay.",
+              "body_mime": mime_body("Please pay.", None, f"case:{n + 1}:gentle")} for n in ids],
         )  # fmt: skip
         conn.execute(
             insert(MessageItem.__table__),
@@ -113,7 +129,7 @@ def test_run_with_skip_delivery_only_plans_and_renders_and_deliver_sends(
 
     assert run.exit_code == 0, run.output
     with engine.connect() as conn:
-        [message] = conn.execute(select(MESSAGES)).all()
+        [message] = conn.execute(with_content()).all()
     assert (message.stage, message.status) == ("pre_due", "planned")
     assert message.subject and message.body_text, "rendered"
     assert not (settings.outbox / "new").exists() or not any((settings.outbox / "new").iterdir())

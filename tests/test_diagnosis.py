@@ -21,7 +21,7 @@ from flows.pipeline import open_run, run_day
 from flows.policy import load_policy
 from models import Case, CaseEvent, Dispute, Message, MessageItem, QueueItem
 from tests.ledger import Ledger
-from tests.outbox import unlogged_moves
+from tests.outbox import unlogged_moves, with_content
 
 DUE = date(2026, 3, 2)
 RUN = DUE + timedelta(days=3)
@@ -67,7 +67,7 @@ def run(settings: Settings, day: date) -> None:
 def planned(engine: Engine, customer_id: str) -> dict:
     with engine.connect() as conn:
         message = conn.execute(
-            select(MESSAGES).where(
+            with_content().where(
                 MESSAGES.c.customer_id == customer_id, MESSAGES.c.planned_on == RUN
             )
         ).one()

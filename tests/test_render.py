@@ -5,14 +5,17 @@ from __future__ import annotations
 import shutil
 from datetime import date
 from decimal import Decimal
+from email import policy as email_policy
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert
 
 from flows.config import PROJECT_ROOT
 from flows.errors import TemplateError
+from flows.mail import mime_body
 from flows.policy import Policy, Sender
 from flows.render import (
     INTERNAL_TEMPLATES,
@@ -22,6 +25,7 @@ from flows.render import (
     render_planned,
 )
 from models import Case, Customer, Invoice, Message, MessageItem
+from tests.outbox import with_content
 
 TEMPLATES = PROJECT_ROOT / "templates"
 AS_OF = date(2025, 3, 31)
@@ -291,7 +295,7 @@ def add_message(
 
 def stored(engine: Engine, message_id: int) -> Any:
     with engine.connect() as conn:
-        return conn.execute(select(MESSAGES).where(MESSAGES.c.id == message_id)).one()
+        return conn.execute(with_content().where(MESSAGES.c.id == message_id)).one()
 
 
 @pytest.fixture
@@ -353,6 +357,22 @@ def test_render_planned_writes_the_reminder_in_the_customers_language(
     assert '<html lang="fr">' in firm.body_html
     assert "Bonjour Boulangerie &lt;Dupont&gt; &amp; Fils," in firm.body_html
     assert 'href="https://pay.example.com/invoice/INV-2"' in firm.body_html
+
+
+def test_render_planned_stores_the_mime_body_delivery_sends(
+    engine: Engine, catalog: TemplateCatalog, policy: Policy, ledger: dict[str, int]
+) -> None:
+    render_all(engine, catalog, policy)
+
+    firm = stored(engine, ledger["firm"])
+    email = BytesParser(policy=email_policy.default).parsebytes(b"To: x@y.org\n" + firm.body_mime)
+    assert email.get_content_type() == "multipart/alternative"
+    text = email.get_body(("plain",))
+    html = email.get_body(("html",))
+    assert (text.get_content_charset(), html.get_content_charset()) == ("utf-8", "utf-8")
+    assert text.get_content() == firm.body_text
+    assert html.get_content() == firm.body_html
+    assert firm.body_mime == mime_body(firm.body_text, firm.body_html, firm.key)
 
 
 def test_render_planned_writes_internal_messages_in_english_with_the_case_story(
