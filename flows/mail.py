@@ -8,6 +8,7 @@ characters, then quoted or RFC 2047 encoded, and the address must be one plain a
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import hmac
@@ -16,7 +17,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, parseaddr
@@ -259,9 +259,10 @@ def _unstructured(value: str) -> str:
     """One line (CR/LF and runs of whitespace become one space), RFC 2047 encoded if needed.
 
     Words too long for a line (over 900 characters) are encoded too: encoded words split.
+    So is text with `=?` in it, which a client would otherwise decode as an encoded word.
     """
     line = one_line(value)
-    if line.isascii() and all(len(word) < 900 for word in line.split(" ")):
+    if line.isascii() and "=?" not in line and all(len(word) < 900 for word in line.split(" ")):
         return line
     return _encoded_words(line)
 
@@ -278,9 +279,26 @@ def _mailbox_of(mailbox: Mailbox) -> str:
     return formataddr(mailbox, charset="utf-8")
 
 
+WORD_BYTES = 42  # 56 in base64: a word of 68 characters fits a line after "Subject: "
+
+
 def _encoded_words(text: str) -> str:
-    """RFC 2047 UTF-8 encoded words of at most 75 characters, separated by spaces."""
-    return " ".join(part.strip() for part in Header(text, "utf-8").encode(linesep="\n").split())
+    """RFC 2047 UTF-8 encoded words ("B" encoding) of whole characters and at most 75
+    characters each, separated by spaces (which a reader drops between encoded words).
+
+    Written out rather than through `email.header.Header`, which took 0.1 ms for a subject
+    with one dash in it: as long as sending the email.
+    """
+    data = text.encode("utf-8")
+    words = []
+    start = 0
+    while start < len(data):
+        end = min(start + WORD_BYTES, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # inside a character: back up
+            end -= 1
+        words.append(f"=?utf-8?b?{base64.b64encode(data[start:end]).decode('ascii')}?=")
+        start = end
+    return " ".join(words)
 
 
 def one_line(text: str) -> str:

@@ -699,6 +699,31 @@ def test_an_unusable_address_fails_the_message(
     assert smtp.envelopes == []
 
 
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Northwind Supplies \u2013 rappel de paiement pour Boulangerie <Dupont> & Fils (réf. 7)",
+        "é" * 100,  # two bytes a character: the words must not split one
+        "😀" * 30 + " €",  # four bytes a character
+        "a" * 41 + "é",  # a character across the first word's byte limit
+        "=?utf-8?q?not_a_word?= _ ?",  # an encoded word's lookalike stays text
+        "x" * 950,  # ASCII, but one word too long for a line
+    ],
+)
+def test_subjects_are_encoded_in_lines_a_client_reads_back_exactly(
+    settings: Settings, subject: str
+) -> None:
+    row = {"key": "k", "kind": "reminder", "customer_id": "C1", "customer_name": "Ada",
+           "to_address": "ada@example.org", "subject": subject, "body_mime": None,
+           "body_text": "text", "body_html": None, "message_id_header": None}  # fmt: skip
+
+    data = Composer(settings).compose(row).data
+
+    head = data.split(b"\n\n")[0].decode("ascii")
+    assert max(len(line) for line in head.splitlines()) <= 78
+    assert BytesParser(policy=policy.default).parsebytes(data)["Subject"] == subject
+
+
 def test_the_subject_stays_on_one_line(settings: Settings) -> None:
     row = {
         "key": "k",
