@@ -801,7 +801,7 @@ class _Statements:
                 MESSAGES.c.attempts,
                 CUSTOMERS.c.name.label("customer_name"),
                 CUSTOMERS.c.timezone,
-                reason.label("suppress"),
+                _suppress_reason(as_of, customer_joined=True).label("suppress"),
                 wait,
                 thread,
             )
@@ -880,15 +880,17 @@ def _due_and_customers(due: Select[Any]) -> Select[Any]:
     return select(found.c.id, elsewhere.label("elsewhere")).order_by(found.c.id)
 
 
-def _suppress_reason(as_of: date) -> ColumnElement[str | None]:
+def _suppress_reason(as_of: date, customer_joined: bool = False) -> ColumnElement[str | None]:
     """Why the (correlated) planned message must not go out now, or NULL: the first rule
-    that holds names the reason."""
-    # Correlated lookups by primary key: an `IN (SELECT …)` list would read every customer
-    # and every case on each claim.
+    that holds names the reason. With `customer_joined`, the statement joins the message's
+    customer and the flag is read from that row."""
+    # Lookups by key: an `IN (SELECT …)` list would read every customer and every case on
+    # each claim, and so does PostgreSQL's hashed form of a correlated EXISTS on customers.
     do_not_contact = (
-        select(CUSTOMERS.c.customer_id)
+        CUSTOMERS.c.do_not_contact.is_(True)
+        if customer_joined
+        else select(CUSTOMERS.c.customer_id)
         .where(CUSTOMERS.c.customer_id == MESSAGES.c.customer_id, CUSTOMERS.c.do_not_contact)
-        .correlate(MESSAGES)  # only: the claim's query joins customers too
         .exists()
     )
     case_status = (

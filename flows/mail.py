@@ -197,47 +197,37 @@ class Composer:
             headers += [("In-Reply-To", thread[-1]), ("References", " ".join(thread))]
         head = self._fixed + "".join(_header(name, value) for name, value in headers)
         body = row["body_mime"] or mime_body(row["body_text"], row["body_html"], row["key"])
-        return Email(self.sender, to.address, message_id, head.encode("ascii") + body)
+        return Email(self.sender, to.address, message_id, (head + body).encode("ascii"))
 
 
-def mime_body(text: str | None, html: str | None, key: str) -> bytes:
-    """The MIME part of a message's email: text/plain, or multipart/alternative with text
-    and HTML. It depends only on the rendered content, so render builds it once and stores
-    it, and each delivery attempt only adds the headers.
+def mime_body(text: str | None, html: str | None, key: str) -> str:
+    """The MIME part of a message's email, in ASCII: text/plain, or multipart/alternative
+    with text and HTML, each quoted-printable. It depends only on the rendered content, so
+    render builds it once and stores it, and each delivery attempt only adds the headers.
 
     The boundary comes from the message's idempotency `key` and starts with `=_`, which
     quoted-printable output can never contain.
     """
     text = text or ""
     if not html:
-        return b"MIME-Version: 1.0\n" + _part(text, "plain")
+        return "MIME-Version: 1.0\n" + _part(text, "plain")
     boundary = "=_" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
-    delimiter = f"--{boundary}\n".encode("ascii")
-    return b"".join(
-        (
-            b"MIME-Version: 1.0\n",
-            f'Content-Type: multipart/alternative; boundary="{boundary}"\n\n'.encode("ascii"),
-            delimiter,
-            _part(text, "plain"),
-            b"\n",
-            delimiter,
-            _part(html, "html"),
-            f"\n--{boundary}--\n".encode("ascii"),
-        )
+    return (
+        "MIME-Version: 1.0\n"
+        f'Content-Type: multipart/alternative; boundary="{boundary}"\n\n'
+        f"--{boundary}\n{_part(text, 'plain')}\n"
+        f"--{boundary}\n{_part(html, 'html')}\n"
+        f"--{boundary}--\n"
     )
 
 
-def _part(content: str, subtype: str) -> bytes:
+def _part(content: str, subtype: str) -> str:
     """One text part, UTF-8, quoted-printable (lines of at most 76 characters)."""
     lines = "\n".join(content.splitlines())
-    encoded = binascii.b2a_qp(lines.encode("utf-8"), istext=True)
+    encoded = binascii.b2a_qp(lines.encode("utf-8"), istext=True).decode("ascii")
     return (
-        (
-            f'Content-Type: text/{subtype}; charset="utf-8"\n'
-            "Content-Transfer-Encoding: quoted-printable\n\n"
-        ).encode("ascii")
-        + encoded
-        + b"\n"
+        f'Content-Type: text/{subtype}; charset="utf-8"\n'
+        f"Content-Transfer-Encoding: quoted-printable\n\n{encoded}\n"
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, text
+from sqlalchemy import Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from models.instant import UtcDateTime
@@ -245,7 +245,9 @@ class MessageContent(SQLModel, table=True):
     message_id: int = Field(foreign_key="messages.id", primary_key=True)
     body_text: str | None = Field(default=None, sa_type=Text)
     body_html: str | None = Field(default=None, sa_type=Text)
-    body_mime: bytes | None = Field(default=None, sa_type=LargeBinary)
+    body_mime: str | None = Field(
+        default=None, sa_type=Text, description="ASCII (quoted-printable parts), as sent"
+    )
 
 
 class MessageItem(SQLModel, table=True):

@@ -6,7 +6,7 @@ import shutil
 from datetime import date
 from decimal import Decimal
 from email import policy as email_policy
-from email.parser import BytesParser
+from email.parser import Parser
 from pathlib import Path
 from typing import Any
 
@@ -365,7 +365,7 @@ def test_render_planned_stores_the_mime_body_delivery_sends(
     render_all(engine, catalog, policy)
 
     firm = stored(engine, ledger["firm"])
-    email = BytesParser(policy=email_policy.default).parsebytes(b"To: x@y.org\n" + firm.body_mime)
+    email = Parser(policy=email_policy.default).parsestr("To: x@y.org\n" + firm.body_mime)
     assert email.get_content_type() == "multipart/alternative"
     text = email.get_body(("plain",))
     html = email.get_body(("html",))

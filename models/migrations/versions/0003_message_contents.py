@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("message_id", sa.Integer(), nullable=False),
         sa.Column("body_text", sa.Text(), nullable=True),
         sa.Column("body_html", sa.Text(), nullable=True),
-        sa.Column("body_mime", sa.LargeBinary(), nullable=True),
+        sa.Column("body_mime", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(["message_id"], ["messages.id"]),
         sa.PrimaryKeyConstraint("message_id"),
         if_not_exists=True,
