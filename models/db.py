@@ -49,7 +49,7 @@ def init_db(engine: Engine) -> None:
     """
     with engine.begin() as conn:
         tables = set(inspect(conn).get_table_names())
-        config = _alembic_config(conn)
+        config = alembic_config(conn)
         if "alembic_version" in tables:
             command.upgrade(config, "head")
         elif tables & set(SQLModel.metadata.tables):
@@ -65,7 +65,7 @@ BASELINE = "0001"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _alembic_config(conn: Connection) -> Config:
+def alembic_config(conn: Connection) -> Config:
     """Alembic's configuration for migrating over `conn`, inside the caller's transaction."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

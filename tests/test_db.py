@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, insert, inspect, select, text
 from sqlmodel import SQLModel
 
 from models import Case, Customer, Message, MessageContent, drop_db, in_ids, init_db
-from models.db import BASELINE, MIGRATIONS
+from models.db import BASELINE, MIGRATIONS, alembic_config
 
 MESSAGES = Message.__table__
 
@@ -26,7 +26,7 @@ def test_a_database_made_before_migrations_is_brought_to_the_latest_revision(
     # older still: no version table, a table added since missing, and a rendered message
     drop_db(engine)
     with engine.begin() as conn:
-        command.upgrade(_config(conn), BASELINE)
+        command.upgrade(alembic_config(conn), BASELINE)
         conn.exec_driver_sql("DROP TABLE alembic_version")
         conn.exec_driver_sql("DROP TABLE escalation_steps")
         _rendered_before_contents(conn)
@@ -44,14 +44,14 @@ def test_a_message_rendered_before_contents_keeps_its_bodies(engine: Engine) -> 
     """Revision 0003 moves the bodies out of `messages`; delivery builds their MIME body."""
     drop_db(engine)
     with engine.begin() as conn:
-        command.upgrade(_config(conn), "0002")
+        command.upgrade(alembic_config(conn), "0002")
         _rendered_before_contents(conn)
 
     init_db(engine)
 
     _assert_bodies_moved(engine)
     with engine.begin() as conn:  # and back: the bodies return to the messages' rows
-        command.downgrade(_config(conn), "0002")
+        command.downgrade(alembic_config(conn), "0002")
         row = conn.exec_driver_sql("SELECT body_text, body_html FROM messages").one()
     assert tuple(row) == ("Please pay 10.00 EUR.", "<p>Please pay <b>10.00 EUR</b>.</p>")
 
@@ -65,7 +65,7 @@ def test_the_migrations_build_exactly_the_schema_the_models_describe(engine: Eng
     changed without its migration fails here."""
     drop_db(engine)
     with engine.begin() as conn:
-        command.upgrade(_config(conn), "head")
+        command.upgrade(alembic_config(conn), "head")
     with engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     assert differences == []
@@ -101,13 +101,6 @@ def test_in_ids_selects_the_listed_rows_whatever_the_list(engine: Engine) -> Non
     with engine.connect() as conn:
         for ids in ([2, 5], [1, 2, 3, 4, 5, 6, 7], [7], [], [99, 3]):
             assert conn.scalars(query, {"ids": ids}).all() == sorted(set(ids) & set(range(1, 8)))
-
-
-def _config(conn: Connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = conn
-    return config
 
 
 def _rendered_before_contents(conn: Connection) -> None:
