@@ -891,6 +891,7 @@ def _suppress_reason(as_of: date, customer_joined: bool = False) -> ColumnElemen
         if customer_joined
         else select(CUSTOMERS.c.customer_id)
         .where(CUSTOMERS.c.customer_id == MESSAGES.c.customer_id, CUSTOMERS.c.do_not_contact)
+        .correlate(MESSAGES)
         .exists()
     )
     case_status = (
