@@ -100,7 +100,7 @@ def rows(count: int, synthetic: bool = False) -> list[dict]:
         {"id": n + 1, "key": f"case:{n + 1}:{stage}", "case_id": n + 1, "customer_id": f"C{n}",
          "kind": "reminder", "stage": stage, "stage_index": 0, "template": stage,
          "to_address": f"c{n}@example.org", "planned_on": AS_OF, "subject": subject,
-         "body_text": text, "body_html": html,
+         "body_mime": mime_body(text, html, f"case:{n + 1}:{stage}"),
          "rendered_at": datetime(2025, 3, 10, 6, tzinfo=UTC),
          "message_id_header": message_id_for(f"case:{n + 1}:{stage}", "example.com"),
          "customer_name": f"Customer {n}", "attempts": 1}
@@ -148,8 +148,7 @@ def seed(engine: Engine, messages: list[dict]) -> None:
             {k: v for k, v in row.items() if k in message_columns} | {"attempts": 0}
             for row in messages])  # fmt: skip
         conn.execute(insert(MessageContent.__table__), [  # as render stores them
-            {"message_id": row["id"], "body_text": row["body_text"], "body_html": row["body_html"],
-             "body_mime": mime_body(row["body_text"], row["body_html"], row["key"])}
+            {"message_id": row["id"], "body_mime": row["body_mime"]}
             for row in messages])  # fmt: skip
         conn.execute(insert(MessageItem.__table__), [
             {"message_id": n + 1, "invoice_id": f"INV-{n}", "currency": "EUR",
@@ -264,7 +263,7 @@ def main() -> None:
         )
         messages = rows(args.messages, args.synthetic)
         composer = Composer(settings)
-        emails = [composer.compose(row | {"body_mime": None}).data for row in messages]
+        emails = [composer.compose(row).data for row in messages]
         engine = make_engine(url)
         rounds: dict[str, list[Round]] = {"bare": [], "collectflow": []}
         try:

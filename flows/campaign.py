@@ -14,6 +14,7 @@ publishes a preview (how many, per variant, and a few rendered messages). Run it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -29,7 +30,7 @@ from flows.config import Settings, get_settings
 from flows.contact import apply_contact_rules
 from flows.deliver import deliver_due
 from flows.experiments import Arms, record_assignments
-from flows.mail import sender_domain
+from flows.mail import mime_parts, sender_domain
 from flows.pipeline import business_today
 from flows.plan import MESSAGE_COLUMNS
 from flows.policy import Policy, load_policy
@@ -243,7 +244,7 @@ def preview(
     ).all()
     sample = conn.execute(
         select(
-            MESSAGES.c.customer_id, MESSAGES.c.template, MESSAGES.c.subject, CONTENTS.c.body_text
+            MESSAGES.c.customer_id, MESSAGES.c.template, MESSAGES.c.subject, CONTENTS.c.body_mime
         )
         .join_from(MESSAGES, CONTENTS, CONTENTS.c.message_id == MESSAGES.c.id, isouter=True)
         .where(today, MESSAGES.c.subject.is_not(None))
@@ -256,8 +257,16 @@ def preview(
         planned=planned,
         statuses=dict(statuses),
         variants={variant or spec.template: count for variant, count in variants},
-        sample=[dict(row) for row in sample],
+        sample=[_sample(row) for row in sample],
     )
+
+
+def _sample(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A sampled message as the preview shows it: its text, read back from its MIME part."""
+    body_text = mime_parts(row["body_mime"])[0] if row["body_mime"] else None
+    return {key: row[key] for key in ("customer_id", "template", "subject")} | {
+        "body_text": body_text
+    }
 
 
 def campaign_catalog(settings: Settings, policy: Policy, spec: CampaignSpec) -> TemplateCatalog:

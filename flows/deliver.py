@@ -455,8 +455,9 @@ class Delivery:
             message_id = job.row["id"]
             try:
                 email = self.composer.compose(job.row, job.earlier)
-            except DeliveryError as exc:
-                self._done(_Result(message_id, FAILED, "invalid_address", str(exc)))
+            except DeliveryError as exc:  # the address, or no body (NotRendered)
+                reason = getattr(exc, "reason", "invalid_address")
+                self._done(_Result(message_id, FAILED, reason, str(exc)))
                 continue
             except Exception as exc:  # a bug: the run stops, leaving the message in doubt
                 log.exception("message %s: unexpected error while building it", message_id)
@@ -783,7 +784,6 @@ class _Statements:
             .exists()
             .label("thread")
         )
-        no_mime = CONTENTS.c.body_mime.is_(None)
         self.candidates = (
             select(
                 MESSAGES.c.id,
@@ -794,9 +794,6 @@ class _Statements:
                 MESSAGES.c.to_address,
                 MESSAGES.c.subject,
                 CONTENTS.c.body_mime,
-                # the text and HTML only where the MIME body is missing (rendered before it)
-                case((no_mime, CONTENTS.c.body_text)).label("body_text"),
-                case((no_mime, CONTENTS.c.body_html)).label("body_html"),
                 MESSAGES.c.message_id_header,
                 MESSAGES.c.attempts,
                 CUSTOMERS.c.name.label("customer_name"),

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import message_from_string, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, parseaddr
@@ -49,6 +50,12 @@ def sender_domain(settings: Settings) -> str:
             "set it like 'Accounts Receivable <billing@yourcompany.com>'"
         )
     return domain
+
+
+class NotRendered(DeliveryError):
+    """A message claimed without a rendered body (its content was withdrawn meanwhile)."""
+
+    reason = "not_rendered"
 
 
 class Mailbox(NamedTuple):
@@ -175,11 +182,11 @@ class Composer:
         """The email for a rendered message row.
 
         `row` holds the message's key, kind, customer_id, customer_name, to_address, subject,
-        body_mime (or, when it is empty, body_text and body_html) and message_id_header.
+        body_mime (`mime_body`, stored at render) and message_id_header.
         `earlier` lists the Message-IDs of the case's reminders already sent, oldest first:
         the email replies to the latest and references them all, so mail clients show the
         stages as one conversation.
-        Raises DeliveryError when the address is unusable.
+        Raises DeliveryError when the address is unusable, NotRendered without a body.
         """
         message_id = self.message_id(row)
         to = recipient(row["customer_name"], row["to_address"])
@@ -195,9 +202,10 @@ class Composer:
         thread = [mid for mid in earlier if mid != message_id]
         if thread:
             headers += [("In-Reply-To", thread[-1]), ("References", " ".join(thread))]
+        if not row["body_mime"]:
+            raise NotRendered(f"message {row['key']} has no rendered body; render it again")
         head = self._fixed + "".join(_header(name, value) for name, value in headers)
-        body = row["body_mime"] or mime_body(row["body_text"], row["body_html"], row["key"])
-        return Email(self.sender, to.address, message_id, (head + body).encode("ascii"))
+        return Email(self.sender, to.address, message_id, (head + row["body_mime"]).encode("ascii"))
 
 
 def mime_body(text: str | None, html: str | None, key: str) -> str:
@@ -218,6 +226,16 @@ def mime_body(text: str | None, html: str | None, key: str) -> str:
         f"--{boundary}\n{_part(text, 'plain')}\n"
         f"--{boundary}\n{_part(html, 'html')}\n"
         f"--{boundary}--\n"
+    )
+
+
+def mime_parts(body_mime: str) -> tuple[str, str | None]:
+    """The text and the HTML (None in a text-only email) that a stored MIME part carries."""
+    email = message_from_string(body_mime, policy=policy.default)
+    text, html = email.get_body(("plain",)), email.get_body(("html",))
+    return (
+        text.get_content() if isinstance(text, EmailMessage) else "",
+        html.get_content() if isinstance(html, EmailMessage) else None,
     )
 
 

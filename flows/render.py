@@ -290,8 +290,8 @@ def render_planned(
 ) -> int:
     """Render every planned message not rendered yet, storing subject, bodies and rendered_at.
 
-    The bodies go to `message_contents` with the MIME part built from them
-    (`mail.mime_body`), so delivery only adds the headers.
+    The text and HTML go to `message_contents` as the email's MIME part (`mail.mime_body`):
+    what is sent, built once, so that delivery only adds the headers.
 
     With `domain` (the sender's, `mail.sender_domain`), each message also gets its Message-ID
     now, with its content, so delivery does not write it per message; without, delivery
@@ -317,7 +317,8 @@ def render_planned(
 
 
 def _store_contents(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """The batch's bodies, replacing any left from an earlier rendering."""
+    """The batch's bodies as their emails' MIME parts, replacing any left from an earlier
+    rendering."""
     ids = [row["message_id"] for row in rows]
     conn.execute(delete(CONTENTS).where(CONTENTS.c.message_id.in_(ids)))
     conn.execute(
@@ -325,8 +326,6 @@ def _store_contents(conn: Connection, rows: list[dict[str, Any]]) -> None:
         [
             {
                 "message_id": row["message_id"],
-                "body_text": row["body_text"],
-                "body_html": row["body_html"],
                 "body_mime": mime_body(row["body_text"], row["body_html"], row["key"]),
             }
             for row in rows

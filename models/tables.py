@@ -229,25 +229,23 @@ class Message(SQLModel, table=True):
 
 
 class MessageContent(SQLModel, table=True):
-    """A rendered message's content, apart from its row in the outbox.
+    """A rendered message's body, apart from its row in the outbox.
 
     Written once when the message is rendered and read once when it is claimed, while its
     `messages` row changes status four or five times: kept in the row, a body of a few KB
     made every status change rewrite it (on SQLite a row past a page spills to overflow
-    pages, and a claim and its result cost half as much again). `body_mime` is the email's
-    MIME part as it goes on the wire (the text and HTML, quoted-printable), built at render
-    so that delivery only adds the headers of the moment; a row rendered before it existed
-    has none, and delivery builds it from the text and HTML.
+    pages, and a claim and its result cost half as much again).
+
+    `body_mime` is the email's MIME part exactly as it goes on the wire: the text and the
+    HTML, quoted-printable, in ASCII (`mail.mime_body`). Render builds it once, delivery
+    only adds the headers of the moment, and it is the record of what the customer got;
+    `mail.mime_parts` reads the text and HTML back for previews.
     """
 
     __tablename__ = "message_contents"
 
     message_id: int = Field(foreign_key="messages.id", primary_key=True)
-    body_text: str | None = Field(default=None, sa_type=Text)
-    body_html: str | None = Field(default=None, sa_type=Text)
-    body_mime: str | None = Field(
-        default=None, sa_type=Text, description="ASCII (quoted-printable parts), as sent"
-    )
+    body_mime: str = Field(sa_type=Text)
 
 
 class MessageItem(SQLModel, table=True):

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, insert, or_, select
+from sqlalchemy import Connection, and_, func, insert, or_, select
+from sqlalchemy.sql.expression import ColumnElement
 
+from flows.mail import mime_parts
 from models import Case, Invoice, Message, MessageContent, MessageEvent, MessageItem
 
 CASES = Case.__table__
@@ -24,11 +27,20 @@ EVENTS = MessageEvent.__table__
 STAGE_INDEX = {"pre_due": 0, "gentle": 1, "firm": 2, "final": 3}
 
 
-def with_content() -> Select:
-    """Messages with their rendered bodies (`message_contents`), to add `.where(...)` to."""
-    return select(
-        MESSAGES, CONTENTS.c.body_text, CONTENTS.c.body_html, CONTENTS.c.body_mime
-    ).join_from(MESSAGES, CONTENTS, CONTENTS.c.message_id == MESSAGES.c.id, isouter=True)
+def with_bodies(conn: Connection, *where: ColumnElement[bool]) -> list[SimpleNamespace]:
+    """The messages `where` selects, by id, each with its stored MIME part (`body_mime`) and
+    the text and HTML read back from it (`body_text`, `body_html`; None when not rendered)."""
+    rows = conn.execute(
+        select(MESSAGES, CONTENTS.c.body_mime)
+        .join_from(MESSAGES, CONTENTS, CONTENTS.c.message_id == MESSAGES.c.id, isouter=True)
+        .where(*where)
+        .order_by(MESSAGES.c.id)
+    )
+    found = []
+    for row in rows.mappings():
+        text, html = mime_parts(row["body_mime"]) if row["body_mime"] else (None, None)
+        found.append(SimpleNamespace(**row, body_text=text, body_html=html))
+    return found
 
 
 def open_case(conn: Connection, customer_id: str, on: date, segment: str = "on_time") -> int:

@@ -46,7 +46,7 @@ from models import (
     QueueItem,
 )
 from tests.ledger import Ledger
-from tests.outbox import with_content
+from tests.outbox import with_bodies
 
 CASES, MESSAGES = Case.__table__, Message.__table__
 TABLES = [CaseEvent, Promise, Dispute, Payment, Message, QueueItem]
@@ -207,7 +207,7 @@ def test_resend_a_message_plans_and_renders_a_copy_with_todays_amounts(
     actions.resend_message(gentle, "ana", "customer lost it")
 
     with engine.connect() as conn:
-        copy = conn.execute(with_content().where(MESSAGES.c.key == f"resend:{gentle}:1")).one()
+        [copy] = with_bodies(conn, MESSAGES.c.key == f"resend:{gentle}:1")
     assert (copy.stage, copy.status, copy.planned_on) == ("gentle", "planned", today)
     assert copy.subject and "250.00" in copy.body_text
 

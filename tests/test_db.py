@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, insert, inspect, select, text
 from sqlmodel import SQLModel
 
+from flows.mail import mime_body, mime_parts
 from models import Case, Customer, Message, MessageContent, drop_db, in_ids, init_db
 from models.db import BASELINE, MIGRATIONS, alembic_config
 
@@ -53,7 +54,7 @@ def test_a_message_rendered_before_contents_keeps_its_bodies(engine: Engine) -> 
     with engine.begin() as conn:  # and back: the bodies return to the messages' rows
         command.downgrade(alembic_config(conn), "0002")
         row = conn.exec_driver_sql("SELECT body_text, body_html FROM messages").one()
-    assert tuple(row) == ("Please pay 10.00 EUR.", "<p>Please pay <b>10.00 EUR</b>.</p>")
+    assert tuple(row) == ("Please pay 10.00 EUR.\n", "<p>Please pay <b>10.00 EUR</b>.</p>\n")
 
 
 def test_a_new_database_is_created_at_the_latest_revision(engine: Engine) -> None:
@@ -124,10 +125,10 @@ def _assert_bodies_moved(engine: Engine) -> None:
     columns = {column["name"] for column in inspect(engine).get_columns("messages")}
     assert not {"body_text", "body_html"} & columns
     with engine.connect() as conn:
-        content = conn.execute(select(MessageContent.__table__)).one()
-    assert tuple(content) == (
-        1, "Please pay 10.00 EUR.", "<p>Please pay <b>10.00 EUR</b>.</p>", None
-    )  # fmt: skip
+        message_id, body_mime = conn.execute(select(MessageContent.__table__)).one()
+    text, html = "Please pay 10.00 EUR.", "<p>Please pay <b>10.00 EUR</b>.</p>"
+    assert (message_id, body_mime) == (1, mime_body(text, html, "k1")), "as render builds it"
+    assert mime_parts(body_mime) == (text + "\n", html + "\n")
 
 
 def _revision(engine: Engine) -> str | None:

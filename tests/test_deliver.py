@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -159,11 +159,8 @@ def add_message(
         )
         .returning(MESSAGES.c.id)
     ).scalar_one()
-    # the text and HTML without their MIME body, as rendered before it was stored: delivery
-    # builds it (the MIME body render stores is tested in test_render)
-    conn.execute(
-        insert(CONTENTS).values(message_id=message_id, body_text=body_text, body_html=body_html)
-    )
+    body_mime = mime_body(body_text, body_html, f"{case_id}:{kind}:{stage_index}")
+    conn.execute(insert(CONTENTS).values(message_id=message_id, body_mime=body_mime))
     for invoice_id in invoice_ids:
         owed = conn.execute(
             select(INVOICES.c.amount).where(INVOICES.c.invoice_id == invoice_id)
@@ -316,7 +313,7 @@ def test_a_french_reminder_arrives_over_smtp_with_both_parts(
 
 
 def test_the_mime_body_stored_at_render_is_what_goes_out(engine: Engine, smtp: SmtpServer) -> None:
-    message_id = overdue_reminder(engine, body_text="Rebuilt from the text.", body_html="")
+    message_id = overdue_reminder(engine)
     stored = mime_body("Stored at render: 1,234.56 EUR.", "<p>Stored</p>", "k")
     with engine.begin() as conn:
         conn.execute(
@@ -330,6 +327,21 @@ def test_the_mime_body_stored_at_render_is_what_goes_out(engine: Engine, smtp: S
     text, html = bodies(email)
     assert (text.strip(), html.strip()) == ("Stored at render: 1,234.56 EUR.", "<p>Stored</p>")
     assert email["Message-ID"] == message_row(engine, message_id).message_id_header
+
+
+def test_a_message_without_its_body_fails_unsent_and_says_so(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    message_id = overdue_reminder(engine)
+    with engine.begin() as conn:  # not a state render leaves, but a row can be lost
+        conn.execute(delete(CONTENTS).where(CONTENTS.c.message_id == message_id))
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert (report.sent, report.failed) == (0, {"not_rendered": 1})
+    assert message_row(engine, message_id).status == "failed"
+    assert "no rendered body" in message_row(engine, message_id).last_error
+    assert smtp.envelopes == []
 
 
 def test_later_stages_reply_to_the_previous_one_and_reference_them_all(
@@ -714,8 +726,8 @@ def test_subjects_are_encoded_in_lines_a_client_reads_back_exactly(
     settings: Settings, subject: str
 ) -> None:
     row = {"key": "k", "kind": "reminder", "customer_id": "C1", "customer_name": "Ada",
-           "to_address": "ada@example.org", "subject": subject, "body_mime": None,
-           "body_text": "text", "body_html": None, "message_id_header": None}  # fmt: skip
+           "to_address": "ada@example.org", "subject": subject,
+           "body_mime": mime_body("text", None, "k"), "message_id_header": None}  # fmt: skip
 
     data = Composer(settings).compose(row).data
 
@@ -732,9 +744,7 @@ def test_the_subject_stays_on_one_line(settings: Settings) -> None:
         "customer_name": "Ada",
         "to_address": "ada@example.org",
         "subject": "Overdue\r\nBcc: evil@example.net",
-        "body_mime": None,
-        "body_text": "text",
-        "body_html": None,
+        "body_mime": mime_body("text", None, "k"),
         "message_id_header": None,
     }
 

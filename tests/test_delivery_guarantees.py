@@ -38,7 +38,7 @@ from models import (
     QueueItem,
 )
 from tests.ledger import Ledger
-from tests.outbox import with_content
+from tests.outbox import with_bodies
 from tests.smtp_server import SmtpServer
 
 AS_OF = date(2025, 3, 10)
@@ -78,7 +78,7 @@ def seed_reminders(engine: Engine, count: int) -> None:
         )  # fmt: skip
         conn.execute(
             insert(MessageContent.__table__),
-            [{"message_id": n + 1, "body_text": "Please pay.",
+            [{"message_id": n + 1,
               "body_mime": mime_body("Please pay.", None, f"case:{n + 1}:gentle")} for n in ids],
         )  # fmt: skip
         conn.execute(
@@ -129,7 +129,7 @@ def test_run_with_skip_delivery_only_plans_and_renders_and_deliver_sends(
 
     assert run.exit_code == 0, run.output
     with engine.connect() as conn:
-        [message] = conn.execute(with_content()).all()
+        [message] = with_bodies(conn)
     assert (message.stage, message.status) == ("pre_due", "planned")
     assert message.subject and message.body_text, "rendered"
     assert not (settings.outbox / "new").exists() or not any((settings.outbox / "new").iterdir())

@@ -21,7 +21,7 @@ from flows.pipeline import open_run, run_day
 from flows.policy import load_policy
 from models import Case, CaseEvent, Dispute, Message, MessageItem, QueueItem
 from tests.ledger import Ledger
-from tests.outbox import unlogged_moves, with_content
+from tests.outbox import unlogged_moves, with_bodies
 
 DUE = date(2026, 3, 2)
 RUN = DUE + timedelta(days=3)
@@ -66,15 +66,13 @@ def run(settings: Settings, day: date) -> None:
 
 def planned(engine: Engine, customer_id: str) -> dict:
     with engine.connect() as conn:
-        message = conn.execute(
-            with_content().where(
-                MESSAGES.c.customer_id == customer_id, MESSAGES.c.planned_on == RUN
-            )
-        ).one()
+        [message] = with_bodies(
+            conn, MESSAGES.c.customer_id == customer_id, MESSAGES.c.planned_on == RUN
+        )
         items = conn.execute(
             select(ITEMS.c.invoice_id, ITEMS.c.cause).where(ITEMS.c.message_id == message.id)
         ).all()
-    return dict(message._mapping) | {"items": [tuple(item) for item in items]}
+    return vars(message) | {"items": [tuple(item) for item in items]}
 
 
 def test_each_cause_gets_its_own_message(

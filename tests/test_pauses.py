@@ -24,7 +24,7 @@ from flows.config import Settings
 from flows.pipeline import open_run, run_day
 from models import Case, CaseEvent, Message, MessageItem, Payment, Promise, QueueItem
 from tests.ledger import Ledger
-from tests.outbox import with_content
+from tests.outbox import with_bodies
 
 DUE = date(2026, 3, 2)
 CASES, EVENTS, MESSAGES = Case.__table__, CaseEvent.__table__, Message.__table__
@@ -255,8 +255,8 @@ def test_a_dispute_on_one_of_two_invoices_stops_reminders_about_that_invoice_onl
         run_day(ctx, day(3), skip_delivery=True)  # gentle is rendered, not sent yet
     assert items_of(engine, "gentle") == ["INV", "INV2"]
     with engine.connect() as conn:
-        body = conn.execute(with_content().where(MESSAGES.c.stage == "gentle"))
-        assert "F-80" in body.one().body_text
+        [gentle] = with_bodies(conn, MESSAGES.c.stage == "gentle")
+        assert "F-80" in gentle.body_text
 
     result = act(engine, casework.mark_dispute, "INV2", "ana", "never ordered", day(3))
 
@@ -272,7 +272,7 @@ def test_a_dispute_on_one_of_two_invoices_stops_reminders_about_that_invoice_onl
 
     days(14)  # the gentle goes out re-rendered, the firm asks for INV alone
     with engine.connect() as conn:
-        gentle = conn.execute(with_content().where(MESSAGES.c.stage == "gentle")).one()
+        [gentle] = with_bodies(conn, MESSAGES.c.stage == "gentle")
     assert gentle.status == "sent" and "F-80" not in gentle.body_text
     assert items_of(engine, "firm") == ["INV"]
 

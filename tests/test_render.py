@@ -25,7 +25,7 @@ from flows.render import (
     render_planned,
 )
 from models import Case, Customer, Invoice, Message, MessageItem
-from tests.outbox import with_content
+from tests.outbox import with_bodies
 
 TEMPLATES = PROJECT_ROOT / "templates"
 AS_OF = date(2025, 3, 31)
@@ -295,7 +295,8 @@ def add_message(
 
 def stored(engine: Engine, message_id: int) -> Any:
     with engine.connect() as conn:
-        return conn.execute(with_content().where(MESSAGES.c.id == message_id)).one()
+        [message] = with_bodies(conn, MESSAGES.c.id == message_id)
+    return message
 
 
 @pytest.fixture
@@ -365,13 +366,17 @@ def test_render_planned_stores_the_mime_body_delivery_sends(
     render_all(engine, catalog, policy)
 
     firm = stored(engine, ledger["firm"])
+    assert firm.body_mime.isascii()
+    assert max(len(line) for line in firm.body_mime.splitlines()) <= 76
     email = Parser(policy=email_policy.default).parsestr("To: x@y.org\n" + firm.body_mime)
     assert email.get_content_type() == "multipart/alternative"
-    text = email.get_body(("plain",))
-    html = email.get_body(("html",))
-    assert (text.get_content_charset(), html.get_content_charset()) == ("utf-8", "utf-8")
-    assert text.get_content() == firm.body_text
-    assert html.get_content() == firm.body_html
+    parts = [email.get_body((subtype,)) for subtype in ("plain", "html")]
+    assert [(part["Content-Transfer-Encoding"], part.get_content_charset()) for part in parts] == [
+        ("quoted-printable", "utf-8")
+    ] * 2
+    assert "a désormais 30 jours de retard." in parts[0].get_content()
+    assert "Bonjour Boulangerie &lt;Dupont&gt; &amp; Fils," in parts[1].get_content()
+    # read back and built again, the part is the same: what render stores is mime_body's
     assert firm.body_mime == mime_body(firm.body_text, firm.body_html, firm.key)
 
 
