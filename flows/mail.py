@@ -53,7 +53,8 @@ def sender_domain(settings: Settings) -> str:
 
 
 class NotRendered(DeliveryError):
-    """A message claimed without a rendered body (its content was withdrawn meanwhile)."""
+    """A message claimed without a rendered body: not a state render leaves (it stores the
+    body with the subject), but a lost row must fail its message, not stop the delivery."""
 
     reason = "not_rendered"
 
@@ -188,6 +189,8 @@ class Composer:
         stages as one conversation.
         Raises DeliveryError when the address is unusable, NotRendered without a body.
         """
+        if not row["body_mime"]:
+            raise NotRendered(f"message {row['key']} has no rendered body; render it again")
         message_id = self.message_id(row)
         to = recipient(row["customer_name"], row["to_address"])
         headers = [
@@ -202,8 +205,6 @@ class Composer:
         thread = [mid for mid in earlier if mid != message_id]
         if thread:
             headers += [("In-Reply-To", thread[-1]), ("References", " ".join(thread))]
-        if not row["body_mime"]:
-            raise NotRendered(f"message {row['key']} has no rendered body; render it again")
         head = self._fixed + "".join(_header(name, value) for name, value in headers)
         return Email(self.sender, to.address, message_id, (head + row["body_mime"]).encode("ascii"))
 

@@ -299,16 +299,15 @@ def render_planned(
 
     Streams in batches of `batch_size` (bounded memory, keyset-paged by id): one query for the
     batch's messages and customers, one for all their items joined with invoices, rendering in
-    Python, one executemany UPDATE. The caller owns the transaction. Returns how many were
-    rendered; a second call renders nothing.
+    Python, one executemany UPDATE of the messages and one INSERT of their bodies. The caller
+    owns the transaction. Returns how many were rendered; a second call renders nothing.
     """
     rendered = 0
     after = 0
     while batch := _next_batch(conn, after, batch_size):
         rows = _render_batch(conn, catalog, policy.sender, as_of, batch)
-        for row, message in zip(rows, batch, strict=True):
-            header = message_id_for(message._mapping["key"], domain) if domain else None
-            row["message_id_header"] = header
+        for row in rows:
+            row["message_id_header"] = message_id_for(row["key"], domain) if domain else None
         conn.execute(_STORE, rows)
         _store_contents(conn, rows)
         rendered += len(rows)

@@ -93,8 +93,9 @@ class in_ids(FunctionElement[bool]):
     PostgreSQL gets `column = ANY(:ids)`, one array parameter: the statement's text is the
     same whatever the list's length, so psycopg prepares it once, where each new length of
     an `IN (:a, :b, …)` list would be planned again (planning these cost more than running
-    them). SQLite plans cheaply and gets that `IN` list: a `json_each` subquery there hides
-    its size from the planner, which then scans every planned message.
+    them). SQLite plans cheaply and gets that `IN` list (a `json_each` subquery, one
+    parameter there too, was measured: the same per-id lookups, 0.002 ms a message faster
+    on a claim and its record, not worth a second form).
     """
 
     inherit_cache = True  # untyped: a Boolean function would be compared `= 1` on SQLite
