@@ -46,13 +46,13 @@ from sqlalchemy import Engine, insert
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flows.config import Settings  # noqa: E402
-from flows.contact_policy import Contact  # noqa: E402
-from flows.deliver import deliver_due  # noqa: E402
-from flows.mail import Composer, message_id_for, mime_body  # noqa: E402
-from flows.policy import load_policy  # noqa: E402
-from flows.render import load_catalog, sample_contexts  # noqa: E402
-from models import (  # noqa: E402
+from collectflow.flows.config import Settings  # noqa: E402
+from collectflow.flows.mail.compose import Composer, message_id_for, mime_body  # noqa: E402
+from collectflow.flows.policy.contact import Contact  # noqa: E402
+from collectflow.flows.policy.document import load_policy  # noqa: E402
+from collectflow.flows.steps.deliver import deliver_due  # noqa: E402
+from collectflow.flows.steps.render import load_catalog, sample_contexts  # noqa: E402
+from collectflow.models import (  # noqa: E402
     Case,
     Customer,
     Invoice,

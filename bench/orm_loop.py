@@ -6,10 +6,10 @@
 DESIGN.md asks for assess + plan (+ render) to be at least 50x faster than "a per-customer ORM
 loop doing the same decisions". This script is that loop, written the way a hand-made cron job
 would be: for each customer, load its invoices, payments, disputes, broken promises and open
-case through a SQLModel Session; compute every feature of `flows.policy.FEATURES` in Python,
-exactly as flows/assess.py defines them in SQL; pick the segment with `condition_matches` in
+case through a SQLModel Session; compute every feature of `FEATURES` (flows/policy) in Python,
+exactly as flows/steps/assess.py defines them in SQL; pick the segment with `condition_matches` in
 policy order (first match wins); decide which ladder stage, if any, is due today, as
-flows/plan.py does. It writes nothing.
+flows/steps/plan.py does. It writes nothing.
 
 It first runs bench/portfolio.py's day (generate, import, assess, plan, render, floors) on a
 fresh database, then times the loop over a seeded random sample of customers and extrapolates
@@ -45,13 +45,19 @@ from sqlmodel import Session, col, select
 
 from bench.portfolio import PIPELINE, Result
 from bench.portfolio import run as run_portfolio
-from flows.business_days import public_holidays
-from flows.config import Settings
-from flows.lifecycle import ACTIVE
-from flows.lifecycle import OPEN as OPEN_STATE
-from flows.outage import APOLOGY_STAGE
-from flows.policy import FEATURES, Ladder, Policy, condition_matches, load_policy
-from models import (
+from collectflow.flows.cases.lifecycle import ACTIVE
+from collectflow.flows.cases.lifecycle import OPEN as OPEN_STATE
+from collectflow.flows.config import Settings
+from collectflow.flows.ledger.calendar import public_holidays
+from collectflow.flows.policy.document import (
+    FEATURES,
+    Ladder,
+    Policy,
+    condition_matches,
+    load_policy,
+)
+from collectflow.flows.steps.outage import APOLOGY_STAGE
+from collectflow.models import (
     Case,
     CaseEvent,
     Customer,
@@ -62,7 +68,7 @@ from models import (
     Payment,
     make_engine,
 )
-from models.money import from_units
+from collectflow.models.money import from_units
 
 RATIO_TARGET = 50.0
 SET_BASED = ("assess", "plan")  # the decisions the loop makes too; render is reported aside
@@ -74,7 +80,7 @@ FLOAT_TOLERANCE = 1e-9
 
 @dataclass(frozen=True)
 class Position:
-    """An invoice issued by the as-of date, with what is owed on it (flows/balances.py)."""
+    """An invoice issued by the as-of date, with what is owed on it (flows/ledger/balances.py)."""
 
     invoice: Invoice
     owed: Decimal
@@ -196,7 +202,7 @@ class OrmLoop:
 
     def positions(self, invoices: Sequence[Invoice], payments: Sequence[Payment]) -> list[Position]:
         """Owed = amount - succeeded + refunded, over attempts up to today (business date),
-        failed ones aside; `paid` and `void` invoices owe nothing (flows/balances.py)."""
+        failed ones aside; `paid` and `void` invoices owe nothing (flows/ledger/balances.py)."""
         by_invoice: dict[str, list[Payment]] = {}
         for payment in payments:
             if payment.status != "failed" and payment.attempted_on <= self.as_of:

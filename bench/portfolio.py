@@ -2,7 +2,7 @@
 
     python bench/portfolio.py --customers 200000 --invoices 5 [--database-url URL] [--keep] [--json]
 
-Generates the demo ledger (flows/demo_ledger.py) into a temporary directory, imports it, then
+Generates the demo ledger (flows/ledger/demo.py) into a temporary directory, imports it, then
 times assess, plan and render for today, each in its own transaction, and the peak memory of
 the process after each phase. The floor is what the same data costs without Collectflow's
 decisions: (a) one bare SQL aggregate of what each customer owes, over the same invoices and
@@ -107,14 +107,14 @@ def peak_rss_mib() -> float:
 
 def run(customers: int, invoices: int, database_url: str | None, workdir: Path) -> Result:
     """Generate, import, run one day, measure the floor; the database's tables are recreated."""
-    from flows.assess import assess
-    from flows.config import Settings
-    from flows.demo_ledger import write_demo_ledger
-    from flows.ledger_import import import_ledger
-    from flows.plan import plan
-    from flows.policy import load_policy
-    from flows.render import TemplateCatalog, render_planned
-    from models import drop_db, init_db, make_engine
+    from collectflow.flows.config import Settings
+    from collectflow.flows.ledger.csv_import import import_ledger
+    from collectflow.flows.ledger.demo import write_demo_ledger
+    from collectflow.flows.policy.document import load_policy
+    from collectflow.flows.steps.assess import assess
+    from collectflow.flows.steps.plan import plan
+    from collectflow.flows.steps.render import TemplateCatalog, render_planned
+    from collectflow.models import drop_db, init_db, make_engine
 
     as_of = date.today()
     url = database_url or f"sqlite:///{workdir / 'collectflow.db'}"
@@ -161,7 +161,7 @@ def message_mix(conn: Any) -> dict[tuple[str, str], int]:
     """How many rendered messages use each (template, locale): what floor (b) renders."""
     from sqlalchemy import func, select
 
-    from models import Message
+    from collectflow.models import Message
 
     messages = Message.__table__
     query = (
@@ -183,7 +183,7 @@ def floor_jinja(directory: Path, mix: dict[tuple[str, str], int]) -> None:
     """
     import jinja2
 
-    from flows.render import PARTS, TemplateCatalog, sample_contexts
+    from collectflow.flows.steps.render import PARTS, TemplateCatalog, sample_contexts
 
     catalog = TemplateCatalog(directory, {template for template, _ in mix})
     env = jinja2.Environment(

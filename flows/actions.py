@@ -5,7 +5,7 @@ that refuses malformed input before the run starts; the help text of each field 
 the `Args:` section of the flow's docstring, which is where Prefect 3.9 reads it (a
 `Field(description=...)` inside `Annotated` is dropped from the deployment's schema).
 
-Each flow runs its action (flows/casework.py) in one transaction as of today in the business
+Each flow runs its action (flows/cases/casework.py) in one transaction as of today in the business
 timezone: bad input (unknown case, amount larger than owed, date in the past...) fails the
 run with the reason and changes nothing.
 Each run publishes a short markdown artifact (key `case-<id>`, so a case's artifacts form
@@ -24,12 +24,12 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 from sqlalchemy import Connection
 
-from flows import casework
-from flows.casework import ActionResult
-from flows.config import get_settings
-from flows.operator_queue import claim_item, complete_item
-from flows.pipeline import RunContext, business_today, open_run
-from flows.render import render_planned
+from collectflow.flows.cases import casework
+from collectflow.flows.cases.casework import ActionResult
+from collectflow.flows.cases.queue import claim_item, complete_item
+from collectflow.flows.config import get_settings
+from collectflow.flows.pipeline import RunContext, business_today, open_run
+from collectflow.flows.steps.render import render_planned
 
 CaseId = Annotated[int, Field(ge=1)]
 Operator = Annotated[str, Field(min_length=1, max_length=64, pattern=r"\S")]

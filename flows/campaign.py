@@ -25,17 +25,17 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, and_, exists, func, insert, literal, not_, or_, select
 
-from flows.balances import refresh_balances
-from flows.config import Settings, get_settings
-from flows.contact import apply_contact_rules
-from flows.deliver import deliver_due
-from flows.experiments import Arms, record_assignments
-from flows.mail import mime_parts, sender_domain
-from flows.pipeline import business_today
-from flows.plan import MESSAGE_COLUMNS
-from flows.policy import Policy, load_policy
-from flows.render import INTERNAL_TEMPLATES, TemplateCatalog, render_planned
-from models import (
+from collectflow.flows.config import Settings, get_settings
+from collectflow.flows.ledger.balances import refresh_balances
+from collectflow.flows.mail.compose import mime_parts, sender_domain
+from collectflow.flows.measure.experiments import Arms, record_assignments
+from collectflow.flows.pipeline import business_today
+from collectflow.flows.policy.document import Policy, load_policy
+from collectflow.flows.steps.contact import apply_contact_rules
+from collectflow.flows.steps.deliver import deliver_due
+from collectflow.flows.steps.plan import MESSAGE_COLUMNS
+from collectflow.flows.steps.render import INTERNAL_TEMPLATES, TemplateCatalog, render_planned
+from collectflow.models import (
     Case,
     Customer,
     InvoiceBalance,

@@ -10,11 +10,11 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic_core import to_jsonable_python
 
-from flows.casebook import QUEUE_ARTIFACT_COLUMNS, operator_queue
-from flows.config import get_settings
-from flows.outage import alert_operators
-from flows.pipeline import RunContext, business_today, open_run, run_day
-from flows.summary import DaySummary
+from collectflow.flows.cases.casebook import QUEUE_ARTIFACT_COLUMNS, operator_queue
+from collectflow.flows.config import get_settings
+from collectflow.flows.pipeline import RunContext, business_today, open_run, run_day
+from collectflow.flows.steps.outage import alert_operators
+from collectflow.flows.steps.summary import DaySummary
 
 
 def as_task(step: Any, *args: Any) -> Any:

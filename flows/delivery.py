@@ -10,9 +10,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from flows.config import get_settings
-from flows.deliver import DeliveryReport, deliver_with_workers
-from flows.pipeline import business_today
+from collectflow.flows.config import get_settings
+from collectflow.flows.pipeline import business_today
+from collectflow.flows.steps.deliver import DeliveryReport, deliver_with_workers
 
 
 @task(name="deliver", cache_policy=NO_CACHE)

@@ -13,12 +13,12 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.config import get_settings
-from flows.pipeline import business_today
-from flows.policy import load_policy
-from flows.report import Report, effectiveness_report, report_markdown
-from flows.report_html import render_html
-from models import init_db, make_engine
+from collectflow.flows.config import get_settings
+from collectflow.flows.measure.report import Report, effectiveness_report, report_markdown
+from collectflow.flows.measure.report_html import render_html
+from collectflow.flows.pipeline import business_today
+from collectflow.flows.policy.document import load_policy
+from collectflow.models import init_db, make_engine
 
 
 @flow(name="evaluate")

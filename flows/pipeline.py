@@ -19,18 +19,18 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
-from flows.assess import AssessReport, assess
-from flows.config import Settings
-from flows.deliver import DeliveryReport, deliver_due
-from flows.escalate import EscalationReport, escalate
-from flows.escalation_steps import HandoffReport, deliver_handoffs
-from flows.mail import sender_domain
-from flows.outcomes import OutcomeReport, record_outcomes
-from flows.plan import PlanReport, plan
-from flows.policy import Policy, load_policy
-from flows.render import TemplateCatalog, load_catalog, render_planned
-from flows.summary import DaySummary, skipped_day, summarize_day
-from models import Message, RunRecord, init_db, make_engine
+from collectflow.flows.cases.handoffs import HandoffReport, deliver_handoffs
+from collectflow.flows.config import Settings
+from collectflow.flows.mail.compose import sender_domain
+from collectflow.flows.policy.document import Policy, load_policy
+from collectflow.flows.steps.assess import AssessReport, assess
+from collectflow.flows.steps.deliver import DeliveryReport, deliver_due
+from collectflow.flows.steps.escalate import EscalationReport, escalate
+from collectflow.flows.steps.outcomes import OutcomeReport, record_outcomes
+from collectflow.flows.steps.plan import PlanReport, plan
+from collectflow.flows.steps.render import TemplateCatalog, load_catalog, render_planned
+from collectflow.flows.steps.summary import DaySummary, skipped_day, summarize_day
+from collectflow.models import Message, RunRecord, init_db, make_engine
 
 T = TypeVar("T")
 Call = Callable[..., Any]

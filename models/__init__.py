@@ -1,9 +1,15 @@
 """Collectflow's tables and database engine. Imports nothing from `flows`."""
 
-from models.db import drop_db, init_db, make_engine
-from models.money import Money, MoneyPrecisionError
-from models.sql import days_between, in_ids, insert_ignoring_conflicts, json_object, month_of
-from models.tables import (
+from collectflow.models.db import drop_db, init_db, make_engine
+from collectflow.models.money import Money, MoneyPrecisionError
+from collectflow.models.sql import (
+    days_between,
+    in_ids,
+    insert_ignoring_conflicts,
+    json_object,
+    month_of,
+)
+from collectflow.models.tables import (
     BusinessDay,
     Case,
     CaseEvent,

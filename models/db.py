@@ -10,7 +10,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlmodel import SQLModel
 
-import models.tables  # noqa: F401 - registers the tables on SQLModel.metadata
+import collectflow.models.tables  # noqa: F401 - registers the tables on SQLModel.metadata
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -15,8 +15,8 @@ from decimal import Decimal
 from sqlalchemy import Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from models.instant import UtcDateTime
-from models.money import Money
+from collectflow.models.instant import UtcDateTime
+from collectflow.models.money import Money
 
 OPEN_CASE = text("closed_on IS NULL")
 
@@ -52,7 +52,7 @@ class Customer(SQLModel, table=True):
 
 
 class Invoice(SQLModel, table=True):
-    """An invoice; what is owed is derived from its payments (see flows/balances.py)."""
+    """An invoice; what is owed is derived from its payments (see flows/ledger/balances.py)."""
 
     __tablename__ = "invoices"
     __table_args__ = (Index("ix_invoices_customer_due", "customer_id", "due_on"),)
@@ -156,7 +156,7 @@ class Case(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     customer_id: str = Field(foreign_key="customers.customer_id", max_length=64)
-    status: str = Field(default="open", max_length=16, description="see flows/lifecycle.py")
+    status: str = Field(default="open", max_length=16, description="see flows/cases/lifecycle.py")
     segment: str
     ladder: str
     stage_index: int = Field(default=-1, description="index of the last stage done, -1 none")

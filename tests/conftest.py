@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from flows.config import PROJECT_ROOT, Settings, get_settings
-from flows.policy import Policy, load_policy
-from models import drop_db, init_db, make_engine
+from collectflow.flows.config import PROJECT_ROOT, Settings, get_settings
+from collectflow.flows.policy.document import Policy, load_policy
+from collectflow.models import drop_db, init_db, make_engine
 
 PG_URL = os.environ.get(
     "COLLECTFLOW_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

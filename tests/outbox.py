@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, insert, or_, select
 from sqlalchemy.sql.expression import ColumnElement
 
-from flows.mail import mime_parts
-from models import Case, Invoice, Message, MessageContent, MessageEvent, MessageItem
+from collectflow.flows.mail.compose import mime_parts
+from collectflow.models import Case, Invoice, Message, MessageContent, MessageEvent, MessageItem
 
 CASES = Case.__table__
 MESSAGES = Message.__table__
@@ -104,7 +104,7 @@ def sent_message(
 
 def unlogged_moves(conn: Connection) -> list[tuple[int, str, str | None]]:
     """Messages whose status is not where their last logged move took them, as (id, status,
-    target of the last move): every move must go through `flows.outbox.move`. A message still
+    target of the last move): every move must go through `mail.outbox.move`. A message still
     `planned` may have no move at all."""
     last = (
         select(EVENTS.c.message_id, func.max(EVENTS.c.id).label("event_id"))

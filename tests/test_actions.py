@@ -28,14 +28,14 @@ from prefect.exceptions import ParameterTypeError
 from sqlalchemy import Engine, func, insert, literal, select
 from typer.testing import CliRunner
 
-from flows import actions
-from flows.casework import ActionRefused
-from flows.cli import app
-from flows.config import Settings
-from flows.lifecycle import TransitionRefused, UnknownCase, transition_case
-from flows.operator_queue import ClaimRefused, claim_item, complete_item, queue_cases
-from flows.pipeline import business_today, open_run, run_day
-from models import (
+from collectflow.flows import actions
+from collectflow.flows.cases.casework import ActionRefused
+from collectflow.flows.cases.lifecycle import TransitionRefused, UnknownCase, transition_case
+from collectflow.flows.cases.queue import ClaimRefused, claim_item, complete_item, queue_cases
+from collectflow.flows.cli.app import app
+from collectflow.flows.config import Settings
+from collectflow.flows.pipeline import business_today, open_run, run_day
+from collectflow.models import (
     Case,
     CaseEvent,
     Dispute,

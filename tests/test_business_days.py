@@ -9,11 +9,16 @@ import pytest
 import yaml
 from sqlalchemy import Engine, insert, literal, select, true
 
-from flows.business_days import calendar_rows, days_elapsed, fill_calendar, public_holidays
-from flows.config import PROJECT_ROOT, Settings, get_settings
-from flows.daily import collections_range
-from flows.policy import Policy
-from models import Customer, InvoiceBalance, Message
+from collectflow.flows.config import PROJECT_ROOT, Settings, get_settings
+from collectflow.flows.daily import collections_range
+from collectflow.flows.ledger.calendar import (
+    calendar_rows,
+    days_elapsed,
+    fill_calendar,
+    public_holidays,
+)
+from collectflow.flows.policy.document import Policy
+from collectflow.models import Customer, InvoiceBalance, Message
 from tests.ledger import Ledger
 
 THURSDAY_BEFORE_EASTER = date(2025, 4, 17)  # Good Friday 18th, Easter Monday 21st

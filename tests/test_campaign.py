@@ -18,10 +18,10 @@ import pytest
 from prefect.artifacts import Artifact
 from sqlalchemy import Engine, func, insert, select, update
 
-from flows.campaign import Audience, campaign
-from flows.config import Settings
-from flows.outcomes import record_outcomes
-from models import ContactBlock, Customer, Message, Outcome
+from collectflow.flows.campaign import Audience, campaign
+from collectflow.flows.config import Settings
+from collectflow.flows.steps.outcomes import record_outcomes
+from collectflow.models import ContactBlock, Customer, Message, Outcome
 from tests.ledger import Ledger
 from tests.outbox import open_case
 
@@ -115,7 +115,7 @@ def test_a_campaign_with_a_holdout_records_each_customers_arm(
         held = conn.execute(
             select(func.count()).where(MESSAGES.c.status_reason == "holdout")
         ).scalar_one()
-    from flows.experiments import Arms
+    from collectflow.flows.measure.experiments import Arms
 
     arms = Arms("campaign:reminder_test", ("firm", "final"), 0.3)
     assert [(r.customer_id, r.variant) for r in rows] == [

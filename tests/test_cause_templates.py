@@ -11,9 +11,9 @@ import re
 
 import pytest
 
-from flows.config import PROJECT_ROOT
-from flows.policy import Policy
-from flows.render import TemplateCatalog, load_catalog, sample_contexts
+from collectflow.flows.config import PROJECT_ROOT
+from collectflow.flows.policy.document import Policy
+from collectflow.flows.steps.render import TemplateCatalog, load_catalog, sample_contexts
 
 LATE_WORDING = {
     "en": r"overdue|\blate\b|past due|unpaid|not paid|final notice|collection",

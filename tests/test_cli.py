@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.config import Settings
+from collectflow.flows.cli.app import app
+from collectflow.flows.config import Settings
 from tests.ledger import Ledger
 from tests.outbox import unlogged_moves
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, case, insert, select
 
-from flows.policy import condition_matches, condition_sql
-from models import CustomerFeatures
+from collectflow.flows.policy.document import condition_matches, condition_sql
+from collectflow.models import CustomerFeatures
 
 FEATURES = CustomerFeatures.__table__
 

@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import Engine, func, insert, select, update
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.config import Settings
-from flows.contact import apply_contact_rules, record_opt_out
-from flows.contact_policy import Cap, Contact, QuietHours
-from flows.deliver import deliver_due
-from flows.errors import CollectflowError
-from flows.policy import Policy
+from collectflow.flows.cli.app import app
+from collectflow.flows.config import Settings
+from collectflow.flows.errors import CollectflowError
+from collectflow.flows.policy.contact import Cap, Contact, QuietHours
+from collectflow.flows.policy.document import Policy
+from collectflow.flows.steps.contact import apply_contact_rules, record_opt_out
+from collectflow.flows.steps.deliver import deliver_due
 from tests.test_deliver import (
     AS_OF,
     CASES,

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from flows.config import Settings
-from flows.daily import collections_range, daily_collections
-from models import Case, CaseEvent, Message, Outcome, QueueItem
+from collectflow.flows.config import Settings
+from collectflow.flows.daily import collections_range, daily_collections
+from collectflow.models import Case, CaseEvent, Message, Outcome, QueueItem
 from tests.ledger import Ledger
 
 DUE = date(2026, 3, 2)

@@ -19,13 +19,13 @@ import pytest
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.config import Settings, get_settings
-from flows.deliver import MAX_ATTEMPTS, deliver_due
-from flows.delivery import deliver as deliver_flow
-from flows.errors import ConfigError
-from flows.mail import Composer, message_id_for, mime_body, unsubscribe_token
-from models import (
+from collectflow.flows.cli.app import app
+from collectflow.flows.config import Settings, get_settings
+from collectflow.flows.delivery import deliver as deliver_flow
+from collectflow.flows.errors import ConfigError
+from collectflow.flows.mail.compose import Composer, message_id_for, mime_body, unsubscribe_token
+from collectflow.flows.steps.deliver import MAX_ATTEMPTS, deliver_due
+from collectflow.models import (
     Case,
     ContactBlock,
     Customer,

@@ -22,12 +22,17 @@ import pytest
 from sqlalchemy import Engine, func, insert, select, update
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.config import Settings, get_settings
-from flows.deliver import FLUSH_SIZE, deliver_due, deliver_with_workers, recheck_expired_leases
-from flows.mail import mime_body
-from flows.outbox import NotInDoubt, in_doubt, resolve_in_doubt
-from models import (
+from collectflow.flows.cli.app import app
+from collectflow.flows.config import Settings, get_settings
+from collectflow.flows.mail.compose import mime_body
+from collectflow.flows.mail.outbox import NotInDoubt, in_doubt, resolve_in_doubt
+from collectflow.flows.steps.deliver import (
+    FLUSH_SIZE,
+    deliver_due,
+    deliver_with_workers,
+    recheck_expired_leases,
+)
+from collectflow.models import (
     Case,
     Customer,
     Invoice,
@@ -45,7 +50,7 @@ AS_OF = date(2025, 3, 10)
 MESSAGES = Message.__table__
 EVENTS = MessageEvent.__table__
 QUEUE = QueueItem.__table__
-COLLECTFLOW = [sys.executable, "-c", "from flows.cli import main; main()"]
+COLLECTFLOW = [sys.executable, "-c", "from collectflow.flows.cli.app import main; main()"]
 
 
 def seed_reminders(engine: Engine, count: int) -> None:

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from flows.config import Settings
-from flows.demo_ledger import (
+from collectflow.flows.config import Settings
+from collectflow.flows.ledger.csv_import import import_ledger
+from collectflow.flows.ledger.demo import (
     FAILURE_CODES,
     FILES,
     INVOICE_COLUMNS,
@@ -24,8 +25,7 @@ from flows.demo_ledger import (
     demo_customers,
     write_demo_ledger,
 )
-from flows.ledger_import import import_ledger
-from models import Customer, Invoice, Payment
+from collectflow.models import Customer, Invoice, Payment
 
 TODAY = date(2025, 6, 15)
 AMOUNT = re.compile(r"\d+\.\d{2}")

@@ -13,13 +13,13 @@ import pytest
 import yaml
 from sqlalchemy import Engine, select
 
-from flows.casebook import operator_queue
-from flows.casework import resolve_dispute
-from flows.config import PROJECT_ROOT, Settings
-from flows.errors import PolicyError
-from flows.pipeline import open_run, run_day
-from flows.policy import load_policy
-from models import Case, CaseEvent, Dispute, Message, MessageItem, QueueItem
+from collectflow.flows.cases.casebook import operator_queue
+from collectflow.flows.cases.casework import resolve_dispute
+from collectflow.flows.config import PROJECT_ROOT, Settings
+from collectflow.flows.errors import PolicyError
+from collectflow.flows.pipeline import open_run, run_day
+from collectflow.flows.policy.document import load_policy
+from collectflow.models import Case, CaseEvent, Dispute, Message, MessageItem, QueueItem
 from tests.ledger import Ledger
 from tests.outbox import unlogged_moves, with_bodies
 

@@ -19,11 +19,11 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
 
-from flows import casework
-from flows.config import Settings
-from flows.pipeline import open_run, run_day
-from flows.policy import Escalation, Policy
-from models import Case, CaseEvent, EscalationStep, QueueItem
+from collectflow.flows.cases import casework
+from collectflow.flows.config import Settings
+from collectflow.flows.pipeline import open_run, run_day
+from collectflow.flows.policy.document import Escalation, Policy
+from collectflow.models import Case, CaseEvent, EscalationStep, QueueItem
 from tests.ledger import Ledger
 from tests.webhook_server import WebhookServer, webhook_server
 
@@ -193,9 +193,9 @@ def test_confirming_a_write_off_nobody_proposed_is_refused(
 
 
 def test_a_delay_for_a_step_the_ladder_does_not_take_is_refused_at_load(tmp_path: Path) -> None:
-    from flows.config import PROJECT_ROOT
-    from flows.errors import PolicyError
-    from flows.policy import load_policy
+    from collectflow.flows.config import PROJECT_ROOT
+    from collectflow.flows.errors import PolicyError
+    from collectflow.flows.policy.document import load_policy
 
     text = (PROJECT_ROOT / "policy.yaml").read_text(encoding="utf-8")
     bad = tmp_path / "policy.yaml"

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from sqlalchemy import Engine, select
 
-from flows.config import PROJECT_ROOT, Settings, get_settings
-from flows.daily import collections_range
-from flows.experiments import (
+from collectflow.flows.config import PROJECT_ROOT, Settings, get_settings
+from collectflow.flows.daily import collections_range
+from collectflow.flows.measure.experiments import (
     HOLDOUT,
     Arms,
     Comparison,
@@ -25,7 +25,7 @@ from flows.experiments import (
     uplift_interval,
     wald,
 )
-from models import Message
+from collectflow.models import Message
 from tests.ledger import Ledger
 from tests.outbox import open_case, sent_message
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from flows.config import Settings
-from flows.errors import ImportRejected
-from flows.ledger_import import import_ledger
-from models import Customer, Invoice, Payment
+from collectflow.flows.config import Settings
+from collectflow.flows.errors import ImportRejected
+from collectflow.flows.ledger.csv_import import import_ledger
+from collectflow.models import Customer, Invoice, Payment
 
 SAMPLE_LEDGER = Path(__file__).parent / "data" / "ledger"
 CUSTOMERS = Customer.__table__

@@ -8,7 +8,7 @@ from datetime import date
 import pytest
 from sqlalchemy import Engine, func, insert, select, update
 
-from flows.lifecycle import (
+from collectflow.flows.cases.lifecycle import (
     ACTIVE,
     ALLOWED,
     CLOSED,
@@ -19,7 +19,7 @@ from flows.lifecycle import (
     transition,
     transition_case,
 )
-from models import Case, CaseEvent, Customer
+from collectflow.models import Case, CaseEvent, Customer
 
 CASES = Case.__table__
 EVENTS = CaseEvent.__table__

@@ -21,11 +21,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from sqlalchemy import Engine, select
 
-from flows.config import Settings
-from flows.daily import daily_collections
-from flows.diagnosis_policy import Outage
-from flows.outage import is_outage_day
-from models import Message, OutageWindow
+from collectflow.flows.config import Settings
+from collectflow.flows.daily import daily_collections
+from collectflow.flows.policy.diagnosis import Outage
+from collectflow.flows.steps.outage import is_outage_day
+from collectflow.models import Message, OutageWindow
 from tests.ledger import Ledger
 from tests.outbox import unlogged_moves
 

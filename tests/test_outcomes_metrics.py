@@ -30,10 +30,10 @@ from prefect.artifacts import Artifact
 from sqlalchemy import Connection, Engine, insert, select, update
 from typer.testing import CliRunner
 
-from flows.cli import app, out
-from flows.config import Settings
-from flows.evaluate import evaluate
-from flows.metrics import (
+from collectflow.flows.cli.app import app, out
+from collectflow.flows.config import Settings
+from collectflow.flows.evaluate import evaluate
+from collectflow.flows.measure.metrics import (
     average_days_delinquent,
     breakdown,
     cei,
@@ -42,8 +42,8 @@ from flows.metrics import (
     round_tenth,
     simple_dso,
 )
-from flows.outcomes import record_outcomes
-from models import ContactBlock, Dispute, Message, Outcome, PaymentAttribution, Promise
+from collectflow.flows.steps.outcomes import record_outcomes
+from collectflow.models import ContactBlock, Dispute, Message, Outcome, PaymentAttribution, Promise
 from tests.ledger import Ledger
 from tests.outbox import open_case, sent_message
 

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from flows import casework
-from flows.case_policy import Pauses
-from flows.casework import ActionRefused
-from flows.config import Settings
-from flows.pipeline import open_run, run_day
-from models import Case, CaseEvent, Message, MessageItem, Payment, Promise, QueueItem
+from collectflow.flows.cases import casework
+from collectflow.flows.cases.casework import ActionRefused
+from collectflow.flows.config import Settings
+from collectflow.flows.pipeline import open_run, run_day
+from collectflow.flows.policy.cases import Pauses
+from collectflow.models import Case, CaseEvent, Message, MessageItem, Payment, Promise, QueueItem
 from tests.ledger import Ledger
 from tests.outbox import with_bodies
 

@@ -9,7 +9,7 @@ import yaml
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 
-from flows.config import PROJECT_ROOT
+from collectflow.flows.config import PROJECT_ROOT
 
 DEPLOYMENT_KEYS = {
     "name", "description", "entrypoint", "parameters", "schedules", "concurrency_limit",

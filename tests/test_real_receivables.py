@@ -20,10 +20,10 @@ from statistics import mean
 import pytest
 from sqlalchemy import Engine, select
 
-from flows.assess import assess
-from flows.config import PROJECT_ROOT, Settings
-from flows.policy import Policy
-from models import Customer
+from collectflow.flows.config import PROJECT_ROOT, Settings
+from collectflow.flows.policy.document import Policy
+from collectflow.flows.steps.assess import assess
+from collectflow.models import Customer
 from tests.ledger import Ledger
 
 REAL = PROJECT_ROOT.parent / "shared" / "data" / "real"

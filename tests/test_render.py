@@ -13,18 +13,18 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, insert
 
-from flows.config import PROJECT_ROOT
-from flows.errors import TemplateError
-from flows.mail import mime_body
-from flows.policy import Policy, Sender
-from flows.render import (
+from collectflow.flows.config import PROJECT_ROOT
+from collectflow.flows.errors import TemplateError
+from collectflow.flows.mail.compose import mime_body
+from collectflow.flows.policy.document import Policy, Sender
+from collectflow.flows.steps.render import (
     INTERNAL_TEMPLATES,
     TemplateCatalog,
     build_context,
     load_catalog,
     render_planned,
 )
-from models import Case, Customer, Invoice, Message, MessageItem
+from collectflow.models import Case, Customer, Invoice, Message, MessageItem
 from tests.outbox import with_bodies
 
 TEMPLATES = PROJECT_ROOT / "templates"

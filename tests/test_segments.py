@@ -16,11 +16,11 @@ import yaml
 from sqlalchemy import Connection, Engine, insert, select
 from typer.testing import CliRunner
 
-from flows.assess import assess
-from flows.cli import app
-from flows.config import PROJECT_ROOT, Settings
-from flows.policy import Policy
-from models import Case, CaseEvent, Customer, CustomerFeatures, Dispute, SegmentChange
+from collectflow.flows.cli.app import app
+from collectflow.flows.config import PROJECT_ROOT, Settings
+from collectflow.flows.policy.document import Policy
+from collectflow.flows.steps.assess import assess
+from collectflow.models import Case, CaseEvent, Customer, CustomerFeatures, Dispute, SegmentChange
 from tests.ledger import Ledger
 
 AS_OF = date(2026, 3, 2)

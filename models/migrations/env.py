@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import models.tables  # noqa: F401 - registers the tables on SQLModel.metadata
+import collectflow.models.tables  # noqa: F401 - registers the tables on SQLModel.metadata
 
 
 def run() -> None:
@@ -14,8 +14,8 @@ def run() -> None:
     if connection is not None:
         _migrate(connection)
         return
-    from flows.config import get_settings
-    from models.db import make_engine
+    from collectflow.flows.config import get_settings
+    from collectflow.models.db import make_engine
 
     engine = make_engine(get_settings().database_url)
     try:

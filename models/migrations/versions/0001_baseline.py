@@ -15,8 +15,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import models.instant
-import models.money
+from collectflow.models import instant, money
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
@@ -38,7 +37,7 @@ def upgrade() -> None:
         sa.Column("value", sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
         sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("detail", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("at", models.instant.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("at", instant.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("scope", "value"),
     )
     op.create_table(
@@ -49,8 +48,8 @@ def upgrade() -> None:
         sa.Column("invoices_paid", sa.Integer(), nullable=False),
         sa.Column("on_time_ratio", sa.Float(), nullable=True),
         sa.Column("avg_days_late", sa.Float(), nullable=True),
-        sa.Column("open_balance", models.money.Money(), nullable=False),
-        sa.Column("overdue_balance", models.money.Money(), nullable=False),
+        sa.Column("open_balance", money.Money(), nullable=False),
+        sa.Column("overdue_balance", money.Money(), nullable=False),
         sa.Column("open_invoices", sa.Integer(), nullable=False),
         sa.Column("oldest_overdue_days", sa.Integer(), nullable=False),
         sa.Column("failed_payments_30d", sa.Integer(), nullable=False),
@@ -87,7 +86,7 @@ def upgrade() -> None:
         sa.Column("as_of", sa.Date(), nullable=False),
         sa.Column("due_on", sa.Date(), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("owed", models.money.Money(), nullable=False),
+        sa.Column("owed", money.Money(), nullable=False),
         sa.Column("remindable", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("invoice_id"),
     )
@@ -125,7 +124,7 @@ def upgrade() -> None:
     op.create_table(
         "runs",
         sa.Column("as_of", sa.Date(), nullable=False),
-        sa.Column("finished_at", models.instant.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", instant.UtcDateTime(timezone=True), nullable=False),
         sa.Column("messages_planned", sa.Integer(), nullable=False),
         sa.Column("messages_sent", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("as_of"),
@@ -184,7 +183,7 @@ def upgrade() -> None:
         sa.Column("number", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("issued_on", sa.Date(), nullable=False),
         sa.Column("due_on", sa.Date(), nullable=False),
-        sa.Column("amount", models.money.Money(), nullable=False),
+        sa.Column("amount", money.Money(), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.ForeignKeyConstraint(
@@ -201,7 +200,7 @@ def upgrade() -> None:
         "case_events",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("case_id", sa.Integer(), nullable=False),
-        sa.Column("at", models.instant.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("at", instant.UtcDateTime(timezone=True), nullable=False),
         sa.Column("on", sa.Date(), nullable=False),
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -224,7 +223,7 @@ def upgrade() -> None:
         sa.Column("opened_on", sa.Date(), nullable=False),
         sa.Column("resolved_on", sa.Date(), nullable=True),
         sa.Column("outcome", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
-        sa.Column("credited", models.money.Money(), nullable=True),
+        sa.Column("credited", money.Money(), nullable=True),
         sa.ForeignKeyConstraint(
             ["case_id"],
             ["cases.id"],
@@ -244,7 +243,7 @@ def upgrade() -> None:
         sa.Column("case_id", sa.Integer(), nullable=False),
         sa.Column("step", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("done_on", sa.Date(), nullable=False),
-        sa.Column("delivered_at", models.instant.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("delivered_at", instant.UtcDateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("reference", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
@@ -274,18 +273,18 @@ def upgrade() -> None:
         sa.Column("body_text", sa.Text(), nullable=True),
         sa.Column("body_html", sa.Text(), nullable=True),
         sa.Column("message_id_header", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("rendered_at", models.instant.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("sent_at", models.instant.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("rendered_at", instant.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("sent_at", instant.UtcDateTime(timezone=True), nullable=True),
         sa.Column("sent_on", sa.Date(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("cause", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
         sa.Column("experiment", sqlmodel.sql.sqltypes.AutoString(length=96), nullable=True),
         sa.Column("variant", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-        sa.Column("not_before", models.instant.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("next_attempt_at", models.instant.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("not_before", instant.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("next_attempt_at", instant.UtcDateTime(timezone=True), nullable=True),
         sa.Column("claimed_by", sqlmodel.sql.sqltypes.AutoString(length=96), nullable=True),
-        sa.Column("lease_until", models.instant.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("lease_until", instant.UtcDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["case_id"],
             ["cases.id"],
@@ -302,9 +301,9 @@ def upgrade() -> None:
         "payments",
         sa.Column("payment_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("invoice_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("attempted_at", models.instant.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("attempted_at", instant.UtcDateTime(timezone=True), nullable=False),
         sa.Column("attempted_on", sa.Date(), nullable=False),
-        sa.Column("amount", models.money.Money(), nullable=False),
+        sa.Column("amount", money.Money(), nullable=False),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("failure_code", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("gateway", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
@@ -325,7 +324,7 @@ def upgrade() -> None:
         "promises",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("case_id", sa.Integer(), nullable=False),
-        sa.Column("amount", models.money.Money(), nullable=False),
+        sa.Column("amount", money.Money(), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
         sa.Column("promised_on", sa.Date(), nullable=False),
         sa.Column("grace_until", sa.Date(), nullable=False),
@@ -363,7 +362,7 @@ def upgrade() -> None:
         "message_events",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("message_id", sa.Integer(), nullable=False),
-        sa.Column("at", models.instant.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("at", instant.UtcDateTime(timezone=True), nullable=False),
         sa.Column("from_status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("to_status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
@@ -382,8 +381,8 @@ def upgrade() -> None:
         sa.Column("message_id", sa.Integer(), nullable=False),
         sa.Column("invoice_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("owed", models.money.Money(), nullable=False),
-        sa.Column("recovered", models.money.Money(), server_default="0", nullable=False),
+        sa.Column("owed", money.Money(), nullable=False),
+        sa.Column("recovered", money.Money(), server_default="0", nullable=False),
         sa.Column("last_paid_on", sa.Date(), nullable=True),
         sa.Column("cause", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
         sa.ForeignKeyConstraint(
@@ -414,7 +413,7 @@ def upgrade() -> None:
         sa.Column("payment_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("message_id", sa.Integer(), nullable=False),
         sa.Column("invoice_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("amount", models.money.Money(), nullable=False),
+        sa.Column("amount", money.Money(), nullable=False),
         sa.Column("paid_on", sa.Date(), nullable=False),
         sa.Column("first_message_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(

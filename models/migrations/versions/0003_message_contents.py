@@ -3,7 +3,8 @@
 A status change rewrote the whole `messages` row, bodies included: a few KB, four or five
 times a message (see `models.tables.MessageContent`). Each rendered message's text and HTML
 become the MIME part its email carries, built here as render now builds it (a frozen copy of
-`flows.mail.mime_body` at this revision: a migration must not change when the code does);
+`mime_body` of flows/mail/compose.py at this revision: a migration must not change
+when the code does);
 the downgrade reads them back.
 
 Revision ID: 0003

@@ -1,0 +1,1 @@
+"""Collectflow's engine."""

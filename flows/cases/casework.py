@@ -1,0 +1,652 @@
+"""What operators do to cases: promises, disputes, pauses, write-offs, resends, closing.
+
+Each action is a plain function over a Connection inside the caller's transaction. It checks
+its input first (unknown case, amount larger than owed, date in the past...) and raises
+ActionRefused or a lifecycle error, so the caller's rollback leaves everything unchanged.
+Every change goes through flows/cases/lifecycle.py and lands in the case's event log with the
+operator's name and why. Each returns an ActionResult whose lines say what changed (the
+Prefect action flows publish them as a markdown artifact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from sqlalchemy import Connection, and_, delete, exists, func, insert, literal, select, update
+from sqlalchemy.engine import RowMapping
+
+from collectflow.flows.cases.events import record_events
+from collectflow.flows.cases.lifecycle import (
+    CLOSED,
+    DISPUTED,
+    PAUSED,
+    PAUSED_STATES,
+    PROMISED,
+    RESOLVED,
+    WRITTEN_OFF,
+    UnknownCase,
+    transition_case,
+)
+from collectflow.flows.cases.queue import queue_cases, reopen_item, resolve_items
+from collectflow.flows.errors import CollectflowError
+from collectflow.flows.ledger.balances import invoice_positions
+from collectflow.flows.mail.outbox import PLANNED, SUPPRESSED, move
+from collectflow.models import (
+    Case,
+    Customer,
+    Dispute,
+    EscalationStep,
+    Invoice,
+    Message,
+    MessageContent,
+    MessageItem,
+    Payment,
+    Promise,
+    QueueItem,
+)
+
+CASES = Case.__table__
+CUSTOMERS = Customer.__table__
+DISPUTES = Dispute.__table__
+STEPS = EscalationStep.__table__
+INVOICES = Invoice.__table__
+MESSAGES = Message.__table__
+CONTENTS = MessageContent.__table__
+ITEMS = MessageItem.__table__
+PAYMENTS = Payment.__table__
+PROMISES = Promise.__table__
+QUEUE = QueueItem.__table__
+
+KEEP_RESUME_STATUS = func.coalesce(CASES.c.resume_status, CASES.c.status)
+"""Where a paused case goes back to: set on the first pause, kept through further pauses."""
+
+
+class ActionRefused(CollectflowError):
+    """An operator action was refused because of its input; nothing was changed."""
+
+
+@dataclass
+class ActionResult:
+    """What an action changed, for the operator: the case, and one line per change."""
+
+    action: str
+    case_id: int | None  # None only for a queue item without a case (a refund due)
+    customer_id: str
+    operator: str
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def artifact_key(self) -> str:
+        """One artifact history per case (per customer when there is no case)."""
+        if self.case_id is not None:
+            return f"case-{self.case_id}"
+        return "customer-" + "".join(c if c.isalnum() else "-" for c in self.customer_id.lower())
+
+    def markdown(self) -> str:
+        lines = "\n".join(f"- {change}" for change in self.changes)
+        case = f"case {self.case_id}, " if self.case_id is not None else ""
+        return (
+            f"### {self.action} — {case}customer {self.customer_id}\n\n"
+            f"By **{self.operator}**.\n\n{lines}\n"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "case_id": self.case_id,
+            "customer_id": self.customer_id,
+            "operator": self.operator,
+            "changes": self.changes,
+        }
+
+
+def load_case(conn: Connection, case_id: int) -> RowMapping:
+    """The case row; UnknownCase if there is none with that id."""
+    row = conn.execute(select(CASES).where(CASES.c.id == case_id)).mappings().first()
+    if row is None:
+        raise UnknownCase(case_id)
+    return row
+
+
+def open_case_of(conn: Connection, customer_id: str) -> RowMapping:
+    """The customer's open case; ActionRefused if the customer is unknown or has none."""
+    known = conn.execute(
+        select(CUSTOMERS.c.customer_id).where(CUSTOMERS.c.customer_id == customer_id)
+    ).first()
+    if known is None:
+        raise ActionRefused(f"no customer with id {customer_id!r}")
+    row = (
+        conn.execute(
+            select(CASES).where(CASES.c.customer_id == customer_id, CASES.c.closed_on.is_(None))
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise ActionRefused(f"customer {customer_id!r} has no open case: nothing is overdue")
+    return row
+
+
+def owed_by_currency(conn: Connection, customer_id: str, as_of: date) -> dict[str, Decimal]:
+    """What the customer owes today, per currency, straight from the ledger."""
+    positions = invoice_positions(as_of)
+    rows = conn.execute(
+        select(positions.c.currency, func.sum(positions.c.owed))
+        .where(
+            positions.c.customer_id == customer_id,
+            positions.c.owed > 0,
+            positions.c.status.in_(("open", "disputed")),
+        )
+        .group_by(positions.c.currency)
+    ).all()
+    return {currency: Decimal(total) for currency, total in rows}
+
+
+def invoice_owed(conn: Connection, invoice_id: str, as_of: date) -> RowMapping:
+    """The invoice with what is owed on it today; ActionRefused if unknown."""
+    positions = invoice_positions(as_of)
+    row = (
+        conn.execute(select(positions).where(positions.c.invoice_id == invoice_id))
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise ActionRefused(f"no invoice with id {invoice_id!r} (issued by {as_of})")
+    return row
+
+
+def not_in_past(day: date, as_of: date, what: str) -> None:
+    if day < as_of:
+        raise ActionRefused(f"{what} {day} is in the past (today is {as_of})")
+
+
+def hold_reminders(conn: Connection, case_id: int, why: str) -> int:
+    """Suppress the case's reminders planned but not sent yet: a paused case sends nothing.
+
+    The stage still counts as done; the ladder continues with the next stage on resuming.
+    """
+    reminders = and_(MESSAGES.c.case_id == case_id, MESSAGES.c.kind == "reminder")
+    return len(move(conn, reminders, PLANNED, SUPPRESSED, why, datetime.now(UTC)))
+
+
+def cancel_promise(conn: Connection, case_id: int, as_of: date) -> int:
+    """Withdraw the case's open promise (the case moves on for another reason)."""
+    return conn.execute(
+        update(PROMISES)
+        .where(PROMISES.c.case_id == case_id, PROMISES.c.status == "open")
+        .values(status="cancelled", decided_on=as_of)
+    ).rowcount
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    return f"{amount:,.2f} {currency}"
+
+
+def record_promise(
+    conn: Connection,
+    case_id: int,
+    amount: Decimal,
+    pay_by: date,
+    operator: str,
+    note: str,
+    as_of: date,
+    grace_days: int,
+    currency: str | None = None,
+) -> ActionResult:
+    """The customer promised to pay `amount` by `pay_by`: reminders wait until then plus grace."""
+    case = load_case(conn, case_id)
+    not_in_past(pay_by, as_of, "promised date")
+    owed = owed_by_currency(conn, case["customer_id"], as_of)
+    if currency is None:
+        if len(owed) != 1:
+            raise ActionRefused(
+                f"case {case_id} owes in {', '.join(sorted(owed)) or 'no currency'}: "
+                "say which currency the promise is in"
+            )
+        currency = next(iter(owed))
+    if amount > owed.get(currency, Decimal(0)):
+        raise ActionRefused(
+            f"promised {_money(amount, currency)} is more than the "
+            f"{_money(owed.get(currency, Decimal(0)), currency)} owed on case {case_id}"
+        )
+    grace_until = pay_by + timedelta(days=grace_days)
+    previous = transition_case(
+        conn,
+        case_id,
+        PROMISED,
+        as_of,
+        "promise_recorded",
+        actor=operator,
+        why=note or None,
+        data={"amount": str(amount), "currency": currency, "pay_by": pay_by},
+        values={
+            "paused_until": grace_until + timedelta(days=1),
+            "resume_status": KEEP_RESUME_STATUS,
+        },
+    )
+    conn.execute(
+        insert(PROMISES).values(
+            case_id=case_id,
+            amount=amount,
+            currency=currency,
+            promised_on=pay_by,
+            grace_until=grace_until,
+            made_on=as_of,
+            actor=operator,
+        )
+    )
+    held = hold_reminders(conn, case_id, "promised")
+    return ActionResult(
+        "Promise recorded",
+        case_id,
+        case["customer_id"],
+        operator,
+        [
+            f"promise: {_money(amount, currency)} by {pay_by}",
+            f"reminders paused until {grace_until} (grace {grace_days} days)",
+            f"case: {previous} → {PROMISED}",
+            *([f"{held} planned reminder(s) held back"] if held else []),
+        ],
+    )
+
+
+def mark_dispute(
+    conn: Connection, invoice_id: str, operator: str, reason: str, as_of: date
+) -> ActionResult:
+    """The customer disputes an invoice: reminders stop asking for it and the case is queued.
+
+    The invoice leaves every reminder not sent yet (they are rendered again without it) and
+    is no longer remindable until the dispute is resolved. If the customer owes nothing else
+    a reminder could ask for, the whole case waits as `disputed`; otherwise its ladder goes
+    on for the other invoices.
+    """
+    invoice = invoice_owed(conn, invoice_id, as_of)
+    case = open_case_of(conn, invoice["customer_id"])
+    if invoice["owed"] <= 0 or invoice["status"] not in ("open", "disputed"):
+        raise ActionRefused(f"nothing is owed on invoice {invoice_id}: no dispute to open")
+    already = conn.execute(
+        select(DISPUTES.c.id).where(
+            DISPUTES.c.invoice_id == invoice_id, DISPUTES.c.resolved_on.is_(None)
+        )
+    ).first()
+    if already is not None:
+        raise ActionRefused(f"invoice {invoice_id} is already in dispute {already.id}")
+    case_id = case["id"]
+    data = {"invoice": invoice_id, "reason": reason}
+    changes = [f"invoice {invoice_id} disputed: {reason}"]
+    if case["status"] == DISPUTED or remindable_besides(conn, case, invoice_id, as_of):
+        record_events(conn, select(literal(case_id)), "dispute_opened", as_of, data, operator)
+        if case["status"] != DISPUTED:
+            changes.append(f"case stays {case['status']}: its other invoices are still reminded")
+    else:
+        if case["status"] == PROMISED:
+            cancel_promise(conn, case_id, as_of)
+            changes.append("the open promise to pay is withdrawn")
+        previous = transition_case(
+            conn,
+            case_id,
+            DISPUTED,
+            as_of,
+            "dispute_opened",
+            actor=operator,
+            why=reason,
+            data=data,
+            values={"paused_until": None, "resume_status": KEEP_RESUME_STATUS},
+        )
+        changes.append(f"case: {previous} → {DISPUTED}")
+    dispute_id = conn.execute(
+        insert(DISPUTES)
+        .values(case_id=case_id, invoice_id=invoice_id, reason=reason, opened_on=as_of)
+        .returning(DISPUTES.c.id)
+    ).scalar_one()
+    reopen_item(conn, case_id, "disputed", as_of)
+    queue_cases(conn, select(literal(case_id), literal(case["customer_id"])), "disputed", as_of)
+    held = withdraw_invoice(conn, case_id, invoice_id)
+    changes += [f"dispute {dispute_id} opened; the case is in the operator queue"]
+    changes += [f"{held} planned reminder(s) no longer ask for it"] if held else []
+    return ActionResult("Dispute opened", case_id, case["customer_id"], operator, changes)
+
+
+def remindable_besides(conn: Connection, case: RowMapping, invoice_id: str, as_of: date) -> bool:
+    """Whether the case's customer owes on an invoice other than `invoice_id` that a reminder
+    may ask for (open, not disputed in the ledger nor by an open dispute)."""
+    positions = invoice_positions(as_of)
+    under_dispute = select(DISPUTES.c.invoice_id).where(DISPUTES.c.resolved_on.is_(None))
+    other = conn.execute(
+        select(positions.c.invoice_id)
+        .where(
+            positions.c.customer_id == case["customer_id"],
+            positions.c.invoice_id != invoice_id,
+            positions.c.owed > 0,
+            positions.c.status == "open",
+            positions.c.invoice_id.not_in(under_dispute),
+        )
+        .limit(1)
+    ).first()
+    return other is not None
+
+
+def withdraw_invoice(conn: Connection, case_id: int, invoice_id: str) -> int:
+    """Take a disputed invoice off the case's reminders not sent yet; returns how many.
+
+    Those left with other invoices are rendered again (their text is cleared; the action flow
+    renders them at once); those left with none are suppressed, reason `disputed`.
+    """
+    planned = select(MESSAGES.c.id).where(
+        MESSAGES.c.case_id == case_id,
+        MESSAGES.c.status == PLANNED,
+        MESSAGES.c.kind == "reminder",
+    )
+    on_them = and_(ITEMS.c.invoice_id == invoice_id, ITEMS.c.message_id.in_(planned))
+    touched = conn.scalars(delete(ITEMS).where(on_them).returning(ITEMS.c.message_id)).all()
+    if not touched:
+        return 0
+    has_items = exists().where(ITEMS.c.message_id == MESSAGES.c.id)
+    emptied = and_(MESSAGES.c.id.in_(touched), ~has_items)
+    move(conn, emptied, PLANNED, SUPPRESSED, "disputed", datetime.now(UTC))
+    cleared = conn.scalars(
+        update(MESSAGES)
+        .where(MESSAGES.c.id.in_(touched), MESSAGES.c.status == PLANNED)
+        .values(subject=None, rendered_at=None)
+        .returning(MESSAGES.c.id)
+    ).all()
+    if cleared:
+        conn.execute(delete(CONTENTS).where(CONTENTS.c.message_id.in_(cleared)))
+    return len(touched)
+
+
+def resolve_dispute(
+    conn: Connection,
+    dispute_id: int,
+    outcome: Literal["upheld", "rejected"],
+    operator: str,
+    note: str,
+    as_of: date,
+    credit: Decimal | None = None,
+) -> ActionResult:
+    """Decide a dispute. Upheld: the invoice is credited (in full unless `credit` says less).
+    Rejected: the invoice stands and reminders may ask for it again. Once the case has no
+    open dispute it leaves the queue, and a case that waited as `disputed` resumes its ladder
+    where it was, without repeating a stage."""
+    dispute = conn.execute(select(DISPUTES).where(DISPUTES.c.id == dispute_id)).mappings().first()
+    if dispute is None:
+        raise ActionRefused(f"no dispute with id {dispute_id} (see `collectflow case ID`)")
+    if dispute["resolved_on"] is not None:
+        raise ActionRefused(
+            f"dispute {dispute_id} was already resolved ({dispute['outcome']}) on "
+            f"{dispute['resolved_on']}"
+        )
+    if outcome == "rejected" and credit is not None:
+        raise ActionRefused("a rejected dispute credits nothing: leave the credit empty")
+    case = load_case(conn, dispute["case_id"])
+    case_id = case["id"]
+    changes = [f"dispute {dispute_id} on invoice {dispute['invoice_id']}: {outcome}"]
+    credited = None
+    if outcome == "upheld":
+        credited, currency = credit_invoice(conn, dispute_id, dispute["invoice_id"], credit, as_of)
+        changes.append(f"invoice {dispute['invoice_id']} credited {_money(credited, currency)}")
+    conn.execute(
+        update(DISPUTES)
+        .where(DISPUTES.c.id == dispute_id)
+        .values(resolved_on=as_of, outcome=outcome, credited=credited)
+    )
+    data = {"dispute": dispute_id, "invoice": dispute["invoice_id"], "outcome": outcome}
+    still_open = conn.execute(
+        select(func.count()).where(DISPUTES.c.case_id == case_id, DISPUTES.c.resolved_on.is_(None))
+    ).scalar_one()
+    if still_open or case["status"] != DISPUTED:
+        record_events(conn, select(literal(case_id)), "dispute_resolved", as_of, data, operator)
+        if still_open:
+            changes.append(f"{still_open} other dispute(s) still open on the case")
+        else:
+            resolve_items(conn, case_id, "disputed", as_of)
+            changes.append(f"the invoice is reminded again with the case ({case['status']})")
+    else:
+        back = case["resume_status"]
+        transition_case(
+            conn,
+            case_id,
+            back,
+            as_of,
+            "dispute_resolved",
+            actor=operator,
+            why=note or None,
+            data=data,
+            values={"resume_status": None},
+        )
+        resolve_items(conn, case_id, "disputed", as_of)
+        changes.append(f"case: {DISPUTED} → {back}; the ladder resumes at its next stage")
+    return ActionResult("Dispute resolved", case_id, case["customer_id"], operator, changes)
+
+
+def credit_invoice(
+    conn: Connection, dispute_id: int, invoice_id: str, credit: Decimal | None, as_of: date
+) -> tuple[Decimal, str]:
+    """Credit the invoice by a ledger entry of our own (a credit note as a payment).
+
+    A payment row, not a status change, so that re-importing the ledger keeps the credit.
+    """
+    invoice = invoice_owed(conn, invoice_id, as_of)
+    owed, currency = invoice["owed"], invoice["currency"]
+    amount = owed if credit is None else credit
+    if amount <= 0 or amount > owed:
+        raise ActionRefused(
+            f"credit {_money(amount, currency)} must be more than 0 and at most the "
+            f"{_money(owed, currency)} owed on invoice {invoice_id}"
+        )
+    now = datetime.now(UTC)
+    conn.execute(
+        insert(PAYMENTS).values(
+            payment_id=f"credit-dispute-{dispute_id}",
+            invoice_id=invoice_id,
+            attempted_at=now,
+            attempted_on=as_of,
+            amount=amount,
+            status="succeeded",
+            method="credit_note",
+            gateway="collectflow",
+        )
+    )
+    return amount, currency
+
+
+def pause_customer(
+    conn: Connection, customer_id: str, until: date, reason: str, operator: str, as_of: date
+) -> ActionResult:
+    """Stop reminders to the customer until `until` (they resume that day)."""
+    if until <= as_of:
+        raise ActionRefused(f"pause end {until} is not after today ({as_of})")
+    case = open_case_of(conn, customer_id)
+    previous = transition_case(
+        conn,
+        case["id"],
+        PAUSED,
+        as_of,
+        "paused",
+        actor=operator,
+        why=reason,
+        data={"until": until},
+        values={"paused_until": until, "resume_status": KEEP_RESUME_STATUS},
+    )
+    held = hold_reminders(conn, case["id"], "paused")
+    changes = [f"reminders paused until {until}: {reason}", f"case: {previous} → {PAUSED}"]
+    changes += [f"{held} planned reminder(s) held back"] if held else []
+    return ActionResult("Customer paused", case["id"], customer_id, operator, changes)
+
+
+def resume_customer(
+    conn: Connection, customer_id: str, operator: str, note: str, as_of: date
+) -> ActionResult:
+    """End a customer pause now; the ladder resumes where it was."""
+    case = open_case_of(conn, customer_id)
+    if case["status"] != PAUSED:
+        raise ActionRefused(
+            f"case {case['id']} of customer {customer_id!r} is {case['status']}, not paused"
+        )
+    back = case["resume_status"]
+    transition_case(
+        conn,
+        case["id"],
+        back,
+        as_of,
+        "resumed",
+        actor=operator,
+        why=note or None,
+        values={"paused_until": None, "resume_status": None},
+    )
+    return ActionResult(
+        "Customer resumed", case["id"], customer_id, operator, [f"case: {PAUSED} → {back}"]
+    )
+
+
+def confirm_write_off(
+    conn: Connection, case_id: int, operator: str, note: str, as_of: date
+) -> ActionResult:
+    """Write off an escalated case whose write-off the escalation proposed."""
+    case = load_case(conn, case_id)
+    proposed = conn.execute(
+        select(STEPS.c.done_on).where(STEPS.c.case_id == case_id, STEPS.c.step == "write_off")
+    ).scalar()
+    if proposed is None:
+        raise ActionRefused(
+            f"no write-off was proposed for case {case_id} (the `write_off` escalation step "
+            "proposes it)"
+        )
+    owed = owed_by_currency(conn, case["customer_id"], as_of)
+    amounts = ", ".join(_money(total, code) for code, total in sorted(owed.items())) or "nothing"
+    previous = transition_case(
+        conn,
+        case_id,
+        WRITTEN_OFF,
+        as_of,
+        "written_off",
+        actor=operator,
+        why=note or None,
+        data={"owed": amounts, "proposed_on": proposed},
+        values={"closed_on": as_of},
+    )
+    resolve_items(conn, case_id, "write_off", as_of)
+    return ActionResult(
+        "Write-off confirmed",
+        case_id,
+        case["customer_id"],
+        operator,
+        [f"written off: {amounts} (proposed on {proposed})", f"case: {previous} → {WRITTEN_OFF}"],
+    )
+
+
+def close_case(
+    conn: Connection, case_id: int, operator: str, reason: str, as_of: date
+) -> ActionResult:
+    """Close a case by hand (e.g. settled outside the ledger)."""
+    case = load_case(conn, case_id)
+    previous = transition_case(
+        conn,
+        case_id,
+        RESOLVED,
+        as_of,
+        "closed",
+        actor=operator,
+        why=reason,
+        values={"closed_on": as_of, "paused_until": None},
+    )
+    cancel_promise(conn, case_id, as_of)
+    held = hold_reminders(conn, case_id, "case_closed")
+    changes = [f"case: {previous} → {RESOLVED}: {reason}"]
+    changes += [f"{held} planned reminder(s) withdrawn"] if held else []
+    owed = owed_by_currency(conn, case["customer_id"], as_of)
+    if owed:
+        amounts = ", ".join(_money(total, code) for code, total in sorted(owed.items()))
+        changes.append(
+            f"the ledger still shows {amounts} owed: the next daily run opens a new case "
+            "unless the ledger changes"
+        )
+    return ActionResult("Case closed", case_id, case["customer_id"], operator, changes)
+
+
+def resend_message(
+    conn: Connection, message_id: int, operator: str, note: str, as_of: date
+) -> ActionResult:
+    """Plan a message again, to today's address of its recipient, with today's amounts.
+
+    The copy is planned for today and must be rendered before delivery sends it (the action
+    flow renders it at once). Only invoices still owed are listed again.
+    """
+    original = conn.execute(select(MESSAGES).where(MESSAGES.c.id == message_id)).mappings().first()
+    if original is None:
+        raise ActionRefused(f"no message with id {message_id} (see `collectflow case ID`)")
+    if original["status"] in ("planned", "sending"):
+        raise ActionRefused(f"message {message_id} is {original['status']}: it has not gone yet")
+    case = load_case(conn, original["case_id"])
+    if case["status"] in CLOSED:
+        raise ActionRefused(f"case {case['id']} is {case['status']}: nothing to remind of")
+    if original["kind"] == "reminder" and case["status"] in PAUSED_STATES:
+        raise ActionRefused(f"case {case['id']} is {case['status']}: its reminders are paused")
+    address = original["to_address"]
+    if original["kind"] == "reminder":
+        address = conn.execute(
+            select(CUSTOMERS.c.email).where(CUSTOMERS.c.customer_id == original["customer_id"])
+        ).scalar_one()
+    resends = conn.execute(
+        select(func.count()).where(MESSAGES.c.key.like(f"resend:{message_id}:%"))
+    ).scalar_one()
+    new_id = conn.execute(
+        insert(MESSAGES)
+        .values(
+            key=f"resend:{message_id}:{resends + 1}",
+            **{
+                column: original[column]
+                for column in (
+                    "case_id",
+                    "customer_id",
+                    "kind",
+                    "stage",
+                    "stage_index",
+                    "template",
+                    "locale",
+                )
+            },
+            to_address=address,
+            planned_on=as_of,
+            status="planned",
+        )
+        .returning(MESSAGES.c.id)
+    ).scalar_one()
+    positions = invoice_positions(as_of)
+    listed = conn.execute(
+        insert(ITEMS).from_select(
+            ["message_id", "invoice_id", "currency", "owed"],
+            select(literal(new_id), positions.c.invoice_id, positions.c.currency, positions.c.owed)
+            .join(ITEMS, ITEMS.c.invoice_id == positions.c.invoice_id)
+            .where(
+                ITEMS.c.message_id == message_id,
+                positions.c.owed > 0,
+                positions.c.status == "open",
+            ),
+        )
+    ).rowcount
+    if not listed:
+        raise ActionRefused(
+            f"nothing is owed any more on the invoices of message {message_id}: nothing to resend"
+        )
+    record_events(
+        conn,
+        select(literal(case["id"])),
+        "message_resent",
+        as_of,
+        {"message": message_id, "copy": new_id, "to": address, "why": note or None},
+        operator,
+    )
+    return ActionResult(
+        "Message resent",
+        case["id"],
+        original["customer_id"],
+        operator,
+        [
+            f"message {message_id} ({original['stage']}) planned again as message {new_id} "
+            f"to {address}, listing {listed} invoice(s) still owed",
+        ],
+    )

@@ -1,0 +1,167 @@
+"""The operator queue: cases that need a person, with the reason; claimed by one operator.
+
+Reasons (`REASONS`): `escalated` (past the ladder), `disputed` (a dispute to decide),
+`bounced` (the address refused mail), `refund_due` (paid twice or overpaid), `write_off` (a
+proposed write-off to confirm) and `delivery_in_doubt` (a message that may or may not have
+gone). An order issue (a payment failed for an order reason) opens a dispute, so it is queued
+as `disputed`. Steps add items with `queue_cases`; an item is added once per case and reason,
+logged in the case's events, and resolved when its matter is settled: by the action that
+settles it (resolve a dispute, confirm a write-off) or, for matters settled outside
+Collectflow (a refund paid, an address corrected), by the operator marking it done
+(`complete_item`).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, func, literal, select, update
+
+from collectflow.flows.cases.events import json_detail, record_events
+from collectflow.flows.errors import CollectflowError
+from collectflow.models import QueueItem, insert_ignoring_conflicts
+
+QUEUE = QueueItem.__table__
+REASONS = frozenset(
+    {
+        "escalated",
+        "disputed",
+        "bounced",
+        "refund_due",
+        "write_off",
+        "delivery_in_doubt",
+    }
+)
+
+
+# Reasons an operator action settles; marking such an item done by hand would hide the matter.
+SETTLED_BY_ACTION = {"disputed": "resolve-dispute", "write_off": "write-off"}
+
+
+class ClaimRefused(CollectflowError):
+    """A queue item could not be claimed: unknown, already resolved, or someone else's."""
+
+
+def queue_cases(conn: Connection, cases: Select[Any], reason: str, as_of: date) -> int:
+    """Put the selected (case id, customer id) rows in the operator queue, once per reason.
+
+    An item resolved earlier for the same case and reason stays resolved (the queue keeps one
+    row per case and reason); `reopen_item` brings it back when the matter comes up again.
+    """
+    if reason not in REASONS:
+        raise ValueError(f"{reason!r} is not a queue reason ({', '.join(sorted(REASONS))})")
+    selected = cases.subquery()
+    source = select(
+        selected.c[0], selected.c[1], literal(reason), literal(as_of, QUEUE.c.created_on.type)
+    )
+    before = conn.execute(select(func.coalesce(func.max(QUEUE.c.id), 0))).scalar_one()
+    statement = insert_ignoring_conflicts(
+        conn.dialect.name,
+        QUEUE,
+        ["case_id", "reason"],
+        ["case_id", "customer_id", "reason", "created_on"],
+        source,
+    )
+    queued = conn.execute(statement).rowcount
+    record_events(
+        conn,
+        select(QUEUE.c.case_id, json_detail("reason", QUEUE.c.reason)).where(QUEUE.c.id > before),
+        "queued",
+        as_of,
+    )
+    return queued
+
+
+def reopen_item(conn: Connection, case_id: int, reason: str, as_of: date) -> None:
+    """Bring back a resolved item of the case for `reason`, unclaimed and dated today."""
+    conn.execute(
+        update(QUEUE)
+        .where(
+            QUEUE.c.case_id == case_id, QUEUE.c.reason == reason, QUEUE.c.resolved_on.is_not(None)
+        )
+        .values(resolved_on=None, claimed_by=None, created_on=as_of)
+    )
+
+
+def resolve_items(conn: Connection, case_id: int, reason: str, as_of: date) -> int:
+    """Mark the case's open item for `reason` done."""
+    return conn.execute(
+        update(QUEUE)
+        .where(QUEUE.c.case_id == case_id, QUEUE.c.reason == reason, QUEUE.c.resolved_on.is_(None))
+        .values(resolved_on=as_of)
+    ).rowcount
+
+
+def claim_item(conn: Connection, item_id: int, operator: str, as_of: date) -> dict[str, Any]:
+    """Claim an open queue item for `operator`, so two people don't work the same case.
+
+    One guarded UPDATE (`claimed_by IS NULL`) decides: of two operators claiming at once,
+    exactly one wins. Claiming an item one already holds is a no-op.
+    """
+    unclaimed = and_(QUEUE.c.id == item_id, QUEUE.c.resolved_on.is_(None))
+    won = conn.execute(
+        update(QUEUE).where(unclaimed, QUEUE.c.claimed_by.is_(None)).values(claimed_by=operator)
+    ).rowcount
+    item = conn.execute(select(QUEUE).where(QUEUE.c.id == item_id)).mappings().first()
+    if item is None:
+        raise ClaimRefused(f"no queue item {item_id} (see `collectflow queue`)")
+    if item["resolved_on"] is not None:
+        raise ClaimRefused(f"queue item {item_id} was resolved on {item['resolved_on']}")
+    if item["claimed_by"] != operator:
+        raise ClaimRefused(f"queue item {item_id} is already claimed by {item['claimed_by']}")
+    if won and item["case_id"] is not None:  # a refund due may stand without a case
+        record_events(
+            conn,
+            select(literal(item["case_id"])),
+            "queue_claimed",
+            as_of,
+            {"item": item_id, "reason": item["reason"]},
+            actor=operator,
+        )
+    return dict(item)
+
+
+def complete_item(
+    conn: Connection, item_id: int, operator: str, note: str, as_of: date
+) -> dict[str, Any]:
+    """Mark an open queue item done: the operator settled its matter outside Collectflow.
+
+    For items no other action settles (a refund paid back, a bounced address corrected, a
+    message in doubt checked with the customer, an escalation handled). The item must be
+    unclaimed or claimed by `operator`; an item whose matter an action settles (a dispute, a
+    write-off) is refused and names that action. The case's event log keeps who, when and the
+    note.
+    """
+    item = conn.execute(select(QUEUE).where(QUEUE.c.id == item_id)).mappings().first()
+    if item is None:
+        raise ClaimRefused(f"no queue item {item_id} (see `collectflow queue`)")
+    if item["resolved_on"] is not None:
+        raise ClaimRefused(f"queue item {item_id} was resolved on {item['resolved_on']}")
+    if item["reason"] in SETTLED_BY_ACTION:
+        raise ClaimRefused(
+            f"queue item {item_id} ({item['reason']}) is settled with "
+            f"`collectflow {SETTLED_BY_ACTION[item['reason']]}`, not marked done by hand"
+        )
+    done = conn.execute(
+        update(QUEUE)
+        .where(
+            QUEUE.c.id == item_id,
+            QUEUE.c.resolved_on.is_(None),
+            (QUEUE.c.claimed_by.is_(None)) | (QUEUE.c.claimed_by == operator),
+        )
+        .values(resolved_on=as_of, claimed_by=operator)
+    ).rowcount
+    if not done:
+        holder = conn.execute(select(QUEUE.c.claimed_by).where(QUEUE.c.id == item_id)).scalar()
+        raise ClaimRefused(f"queue item {item_id} is claimed by {holder}")
+    if item["case_id"] is not None:
+        record_events(
+            conn,
+            select(literal(item["case_id"])),
+            "queue_done",
+            as_of,
+            {"item": item_id, "reason": item["reason"], "note": note},
+            actor=operator,
+        )
+    return dict(item) | {"resolved_on": as_of, "claimed_by": operator}

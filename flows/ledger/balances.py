@@ -1,0 +1,114 @@
+"""What is owed on each invoice as of a date: the ledger's single source of truth.
+
+Owed = amount - succeeded payments + refunds, counting only payments attempted by the date.
+An invoice marked `paid` or `void` owes nothing; one marked `open` whose payments cover it is
+paid. Only invoices that still owe something land in `invoice_balances`, which every later
+step of the run joins on; an invoice disputed (in the ledger, or by an operator's open dispute)
+is there but not `remindable`: no reminder asks for it.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import (
+    Connection,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    type_coerce,
+)
+from sqlalchemy.sql.expression import Subquery
+
+from collectflow.models import Dispute, Invoice, InvoiceBalance, Money, Payment
+
+DISPUTES = Dispute.__table__
+INVOICES = Invoice.__table__
+PAYMENTS = Payment.__table__
+BALANCES = InvoiceBalance.__table__
+
+ZERO = literal(0, Money)
+
+
+def payment_totals(as_of: date) -> Subquery:
+    """Per invoice: succeeded, refunded, and the last succeeded payment date, up to `as_of`."""
+    succeeded = PAYMENTS.c.status == "succeeded"
+    return (
+        select(
+            PAYMENTS.c.invoice_id,
+            func.coalesce(func.sum(PAYMENTS.c.amount).filter(succeeded), ZERO).label("paid"),
+            func.coalesce(
+                func.sum(PAYMENTS.c.amount).filter(PAYMENTS.c.status == "refunded"), ZERO
+            ).label("refunded"),
+            func.max(PAYMENTS.c.attempted_on).filter(succeeded).label("last_paid_on"),
+        )
+        .where(PAYMENTS.c.attempted_on <= as_of, PAYMENTS.c.status != "failed")
+        .group_by(PAYMENTS.c.invoice_id)
+        .subquery("payment_totals")
+    )
+
+
+def invoice_positions(as_of: date) -> Subquery:
+    """Every invoice issued by `as_of` with what is owed on it and when it was last paid."""
+    totals = payment_totals(as_of)
+    owed_by_payments = (
+        INVOICES.c.amount
+        - func.coalesce(totals.c.paid, ZERO)
+        + func.coalesce(totals.c.refunded, ZERO)
+    )
+    trusted_settled = INVOICES.c.status.in_(("paid", "void"))
+    owed = type_coerce(case((trusted_settled, ZERO), else_=owed_by_payments), Money)
+    return (
+        select(
+            INVOICES.c.invoice_id,
+            INVOICES.c.customer_id,
+            INVOICES.c.issued_on,
+            INVOICES.c.due_on,
+            INVOICES.c.currency,
+            INVOICES.c.status,
+            INVOICES.c.amount,
+            owed.label("owed"),
+            totals.c.last_paid_on,
+        )
+        .select_from(INVOICES.outerjoin(totals, totals.c.invoice_id == INVOICES.c.invoice_id))
+        .where(INVOICES.c.issued_on <= as_of)
+        .subquery("positions")
+    )
+
+
+def refresh_balances(conn: Connection, as_of: date) -> int:
+    """Rebuild `invoice_balances` for `as_of`; returns how many invoices still owe money."""
+    conn.execute(delete(BALANCES))
+    positions = invoice_positions(as_of)
+    under_dispute = select(DISPUTES.c.invoice_id).where(DISPUTES.c.resolved_on.is_(None))
+    owing = select(
+        positions.c.invoice_id,
+        positions.c.customer_id,
+        literal(as_of, BALANCES.c.as_of.type),
+        positions.c.due_on,
+        positions.c.currency,
+        positions.c.owed,
+        and_(positions.c.status != "disputed", positions.c.invoice_id.not_in(under_dispute)),
+    ).where(and_(positions.c.owed > ZERO, positions.c.status.in_(("open", "disputed"))))
+    result = conn.execute(
+        insert(BALANCES).from_select(
+            ["invoice_id", "customer_id", "as_of", "due_on", "currency", "owed", "remindable"],
+            owing,
+        )
+    )
+    refresh_statistics(conn, BALANCES.name)
+    return result.rowcount
+
+
+def refresh_statistics(conn: Connection, table: str) -> None:
+    """Let PostgreSQL's planner see a table just rebuilt, so every later step joins it well.
+
+    Autovacuum would get there eventually; the rest of this run can't wait for it.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"ANALYZE {table}"))

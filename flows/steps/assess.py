@@ -1,0 +1,326 @@
+"""Step 1, assess: behaviour features per customer as of a date, and the segment they imply.
+
+Features are one INSERT ... SELECT over the ledger; segments are one CASE compiled from the
+policy's ordered rules (first match wins). Each customer keeps the rule that matched, and every
+move between segments is appended to `segment_history`, so "why is this customer chronic?" has
+an answer: the rule, and the features row it matched on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Float,
+    Integer,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.sql.expression import ColumnElement, Subquery
+
+from collectflow.flows.ledger.balances import (
+    ZERO,
+    invoice_positions,
+    refresh_balances,
+    refresh_statistics,
+)
+from collectflow.flows.ledger.failures import failure_class_sql
+from collectflow.flows.policy.document import Policy, condition_sql
+from collectflow.models import (
+    Case,
+    CaseEvent,
+    Customer,
+    CustomerFeatures,
+    Dispute,
+    Invoice,
+    Payment,
+    SegmentChange,
+    days_between,
+    json_object,
+)
+from collectflow.models.money import SCALE
+
+CASES = Case.__table__
+EVENTS = CaseEvent.__table__
+CUSTOMERS = Customer.__table__
+DISPUTES = Dispute.__table__
+FEATURES = CustomerFeatures.__table__
+HISTORY = SegmentChange.__table__
+INVOICES = Invoice.__table__
+PAYMENTS = Payment.__table__
+
+
+@dataclass(frozen=True)
+class AssessReport:
+    """What assess found: invoices still owing, customers per segment, segment moves."""
+
+    owing_invoices: int
+    segments: dict[str, int]
+    moved: int
+
+
+def assess(conn: Connection, policy: Policy, as_of: date) -> AssessReport:
+    """Refresh balances and features for `as_of`, then segment every customer."""
+    owing = refresh_balances(conn, as_of)
+    compute_features(conn, policy, as_of)
+    moved = assign_segments(conn, policy, as_of)
+    return AssessReport(owing_invoices=owing, segments=segment_counts(conn), moved=moved)
+
+
+def compute_features(conn: Connection, policy: Policy, as_of: date) -> None:
+    """Rebuild `customer_features` for every customer, as of `as_of`."""
+    window_start = as_of - timedelta(days=policy.features.window_days)
+    p = ranked_positions(as_of, window_start)
+    live = p.c.status != "void"
+    in_window = and_(live, p.c.issued_on > window_start)
+    paid = and_(in_window, p.c.status != "disputed", p.c.owed <= ZERO)
+    timed = p.c.timed == 1
+    owing = and_(p.c.owed > ZERO, p.c.status.in_(("open", "disputed")))
+    overdue = and_(owing, p.c.due_on < as_of)
+    disputed = or_(p.c.status == "disputed", p.c.invoice_id.in_(_open_disputes(as_of)))
+    p90_rank = (9 * p.c.timed_count + 9) // 10  # ceil(0.9 n) in integers: the nearest rank
+    per_customer = (
+        select(
+            p.c.customer_id,
+            func.count().filter(in_window).label("invoices_issued"),
+            func.count().filter(paid).label("invoices_paid"),
+            cast(func.avg(case((timed, case((p.c.days_late <= 0, 1), else_=0)))), Float).label(
+                "on_time_ratio"
+            ),
+            cast(func.avg(case((timed, p.c.days_late))), Float).label("avg_days_late"),
+            cast(
+                func.max(case((and_(timed, p.c.late_rank == p90_rank), p.c.days_late))), Float
+            ).label("p90_days_late"),
+            func.coalesce(func.sum(p.c.owed).filter(owing), ZERO).label("open_balance"),
+            func.coalesce(func.sum(p.c.owed).filter(overdue), ZERO).label("overdue_balance"),
+            func.count().filter(owing).label("open_invoices"),
+            func.coalesce(func.max(days_between(as_of, p.c.due_on)).filter(overdue), 0).label(
+                "oldest_overdue_days"
+            ),
+            func.count().filter(and_(owing, disputed)).label("disputes"),
+            func.coalesce(func.max(days_between(as_of, p.c.issued_on)), 0).label("tenure_days"),
+        )
+        .where(live)
+        .group_by(p.c.customer_id)
+        .subquery("per_customer")
+    )
+    failed = _failed_payments(policy, as_of)
+    promises = _broken_promises(window_start, as_of)
+    source = select(
+        CUSTOMERS.c.customer_id,
+        literal(as_of, FEATURES.c.as_of.type),
+        func.coalesce(per_customer.c.invoices_issued, 0),
+        func.coalesce(per_customer.c.invoices_paid, 0),
+        per_customer.c.on_time_ratio,
+        per_customer.c.avg_days_late,
+        func.coalesce(per_customer.c.open_balance, ZERO),
+        func.coalesce(per_customer.c.overdue_balance, ZERO),
+        func.coalesce(per_customer.c.open_invoices, 0),
+        func.coalesce(per_customer.c.oldest_overdue_days, 0),
+        func.coalesce(failed.c.failed, 0),
+        func.coalesce(per_customer.c.disputes, 0),
+        func.coalesce(per_customer.c.tenure_days, 0),
+        per_customer.c.p90_days_late,
+        func.coalesce(failed.c.technical, 0),
+        func.coalesce(failed.c.customer, 0),
+        func.coalesce(promises.c.broken, 0),
+        func.coalesce(failed.c.order, 0),
+    ).select_from(
+        CUSTOMERS.outerjoin(per_customer, per_customer.c.customer_id == CUSTOMERS.c.customer_id)
+        .outerjoin(failed, failed.c.customer_id == CUSTOMERS.c.customer_id)
+        .outerjoin(promises, promises.c.customer_id == CUSTOMERS.c.customer_id)
+    )
+    columns = [
+        "customer_id",
+        "as_of",
+        "invoices_issued",
+        "invoices_paid",
+        "on_time_ratio",
+        "avg_days_late",
+        "open_balance",
+        "overdue_balance",
+        "open_invoices",
+        "oldest_overdue_days",
+        "failed_payments_30d",
+        "disputes",
+        "tenure_days",
+        "p90_days_late",
+        "failed_technical_30d",
+        "failed_customer_30d",
+        "broken_promises",
+        "failed_order_30d",
+    ]
+    conn.execute(delete(FEATURES))
+    conn.execute(insert(FEATURES).from_select(columns, source))
+    refresh_statistics(conn, FEATURES.name)
+
+
+def ranked_positions(as_of: date, window_start: date) -> Subquery:
+    """Invoice positions with days late at payment (0 when on time) and, among a customer's
+    invoices paid in the window with a known payment date ("timed"), each one's rank by days
+    late and their count: the window functions a portable percentile needs (SQLite has no
+    percentile_cont)."""
+    p = invoice_positions(as_of)
+    timed = and_(
+        p.c.status.not_in(("void", "disputed")),
+        p.c.issued_on > window_start,
+        p.c.owed <= ZERO,
+        p.c.last_paid_on.is_not(None),
+    )
+    late = days_between(p.c.last_paid_on, p.c.due_on)
+    days_late = case((late > 0, late), else_=0)
+    timed_flag = case((timed, 1), else_=0)
+    partition = (p.c.customer_id, timed_flag)
+    return select(
+        *p.c,
+        timed_flag.label("timed"),
+        days_late.label("days_late"),
+        func.row_number().over(partition_by=partition, order_by=days_late).label("late_rank"),
+        func.count().over(partition_by=partition).label("timed_count"),
+    ).subquery("ranked_positions")
+
+
+def _failed_payments(policy: Policy, as_of: date) -> Subquery:
+    """Per customer, failed attempts in the last `failed_payment_days`, in total and by class."""
+    since = as_of - timedelta(days=policy.features.failed_payment_days)
+    failure_class = failure_class_sql(policy.diagnosis, PAYMENTS.c.failure_code)
+    return (
+        select(
+            INVOICES.c.customer_id,
+            func.count().label("failed"),
+            func.count().filter(failure_class == "technical").label("technical"),
+            func.count().filter(failure_class == "customer").label("customer"),
+            func.count().filter(failure_class == "order").label("order"),
+        )
+        .select_from(PAYMENTS.join(INVOICES, INVOICES.c.invoice_id == PAYMENTS.c.invoice_id))
+        .where(
+            PAYMENTS.c.status == "failed",
+            PAYMENTS.c.attempted_on > since,
+            PAYMENTS.c.attempted_on <= as_of,
+        )
+        .group_by(INVOICES.c.customer_id)
+        .subquery("failed_payments")
+    )
+
+
+def _open_disputes(as_of: date) -> Any:
+    """Invoices an operator (or diagnosis) put in a dispute open on `as_of`."""
+    return select(DISPUTES.c.invoice_id).where(
+        DISPUTES.c.opened_on <= as_of,
+        or_(DISPUTES.c.resolved_on.is_(None), DISPUTES.c.resolved_on > as_of),
+    )
+
+
+def _broken_promises(window_start: date, as_of: date) -> Subquery:
+    """Per customer, `promise_broken` events on their cases in the trailing window."""
+    return (
+        select(CASES.c.customer_id, func.count().label("broken"))
+        .select_from(EVENTS.join(CASES, CASES.c.id == EVENTS.c.case_id))
+        .where(EVENTS.c.kind == "promise_broken", EVENTS.c.on > window_start, EVENTS.c.on <= as_of)
+        .group_by(CASES.c.customer_id)
+        .subquery("broken_promises")
+    )
+
+
+def segment_expression(policy: Policy):
+    """The policy's ordered segment rules as one SQL CASE over `customer_features`."""
+    whens = [(condition_sql(segment.when, FEATURES), segment.name) for segment in policy.segments]
+    return case(*whens[:-1], else_=whens[-1][1])
+
+
+def rule_features(policy: Policy, index: int) -> list[str]:
+    """The features segment `index`'s rule reads; for the catch-all, those every rule before
+    it read (they are why nothing else matched)."""
+    conditions = [policy.segments[index].when]
+    if not policy.segments[index].when:
+        conditions = [segment.when for segment in policy.segments[:index]]
+    found: list[str] = []
+    for condition in conditions:
+        found.extend(name for name in _features_in(condition) if name not in found)
+    return found
+
+
+def _features_in(condition: Any) -> list[str]:
+    names: list[str] = []
+    for key, value in condition.items():
+        if key in ("all", "any"):
+            names.extend(name for item in value for name in _features_in(item))
+        elif key == "not":
+            names.extend(_features_in(value))
+        else:
+            names.append(key)
+    return names
+
+
+def snapshot_expression(policy: Policy) -> ColumnElement[str]:
+    """Per customer, JSON of the feature values the matching rule read (the "why")."""
+    whens = []
+    for index, segment in enumerate(policy.segments):
+        pairs = []
+        for name in rule_features(policy, index):
+            pairs += [literal_column(f"'{name}'"), _feature_value(name)]
+        whens.append((condition_sql(segment.when, FEATURES), json_object(*pairs)))
+    return case(*whens[:-1], else_=whens[-1][1])
+
+
+def _feature_value(name: str) -> ColumnElement[Any]:
+    """A feature as a JSON number: money columns are stored scaled, so scale them back."""
+    column = FEATURES.c[name]
+    if name in ("open_balance", "overdue_balance"):
+        return type_coerce(column, Integer) * literal_column(f"{Decimal(1).scaleb(-SCALE)}")
+    return column
+
+
+def assign_segments(conn: Connection, policy: Policy, as_of: date) -> int:
+    """Store each customer's segment with the rule and the feature values that matched; append
+    a history row for every customer who moved."""
+    new_segment = segment_expression(policy)
+    snapshot = snapshot_expression(policy)
+    joined = FEATURES.c.customer_id == CUSTOMERS.c.customer_id
+    moved = CUSTOMERS.c.segment.is_distinct_from(new_segment)
+    history = select(
+        CUSTOMERS.c.customer_id,
+        literal(as_of, HISTORY.c.as_of.type),
+        new_segment,
+        new_segment,
+        CUSTOMERS.c.segment,
+        snapshot,
+    ).where(joined, moved)
+    result = conn.execute(
+        insert(HISTORY).from_select(
+            ["customer_id", "as_of", "segment", "rule", "previous", "features"], history
+        )
+    )
+    conn.execute(
+        update(CUSTOMERS)
+        .where(joined, moved)
+        .values(
+            segment=new_segment,
+            segment_rule=new_segment,
+            segment_since=as_of,
+            segment_features=snapshot,
+        )
+    )
+    return result.rowcount
+
+
+def segment_counts(conn: Connection) -> dict[str, int]:
+    """Customers per current segment."""
+    rows = conn.execute(
+        select(CUSTOMERS.c.segment, func.count()).group_by(CUSTOMERS.c.segment)
+    ).all()
+    return {segment or "unassessed": count for segment, count in rows}

@@ -1,0 +1,294 @@
+"""Gateway outages: when a payment gateway fails far above its own baseline, it is our fault.
+
+Each run compares, per gateway, the failure rate of the run's date with the gateway's rate
+over the `outage.baseline_days` before it (thresholds and minimum volume in the policy, see
+flows/policy/diagnosis.py `Outage`). An outage day with no open window opens one; the first
+day back to normal closes it (it ended the day before). While a window is open, reminders
+whose invoice last failed inside it are suppressed (`gateway_outage`, see flows/steps/diagnose.py);
+operators are alerted once per window (a Prefect markdown artifact, and an email to
+`outage.ops_email` through the configured outbox); when it closes, each affected open case gets
+one "please retry, sorry for the trouble" message (template `diagnosis.templates.outage`), which
+replaces any other reminder of that case planned the same day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from typing import Any
+
+from sqlalchemy import Connection, Engine, String, and_, cast, func, insert, literal, select, update
+
+from collectflow.flows.cases.events import record_events
+from collectflow.flows.config import Settings
+from collectflow.flows.mail.compose import Email, one_line, sender_domain
+from collectflow.flows.mail.outbox import move
+from collectflow.flows.policy.diagnosis import Outage
+from collectflow.flows.policy.document import Policy
+from collectflow.models import (
+    Case,
+    Customer,
+    InvoiceBalance,
+    Message,
+    MessageItem,
+    OutageWindow,
+    Payment,
+    insert_ignoring_conflicts,
+)
+
+CASES = Case.__table__
+CUSTOMERS = Customer.__table__
+BALANCES = InvoiceBalance.__table__
+MESSAGES = Message.__table__
+ITEMS = MessageItem.__table__
+OUTAGES = OutageWindow.__table__
+PAYMENTS = Payment.__table__
+
+APOLOGY_STAGE = "outage_apology"
+APOLOGY_COLUMNS = [
+    "key", "case_id", "customer_id", "kind", "stage", "stage_index", "template", "locale",
+    "to_address", "planned_on", "status", "cause",
+]  # fmt: skip
+
+
+def gateway_rates(conn: Connection, outage: Outage, as_of: date) -> list[Any]:
+    """Per gateway: attempts and failures on `as_of`, and over the baseline days before it."""
+    decided = PAYMENTS.c.status.in_(("succeeded", "failed"))
+    failed = PAYMENTS.c.status == "failed"
+    today = PAYMENTS.c.attempted_on == as_of
+    before = PAYMENTS.c.attempted_on < as_of
+    return conn.execute(
+        select(
+            PAYMENTS.c.gateway,
+            func.count().filter(today).label("attempts"),
+            func.count().filter(today, failed).label("failures"),
+            func.count().filter(before).label("base_attempts"),
+            func.count().filter(before, failed).label("base_failures"),
+        )
+        .where(
+            decided,
+            PAYMENTS.c.gateway.is_not(None),
+            PAYMENTS.c.attempted_on > as_of - timedelta(days=outage.baseline_days),
+            PAYMENTS.c.attempted_on <= as_of,
+        )
+        .group_by(PAYMENTS.c.gateway)
+    ).all()
+
+
+def is_outage_day(outage: Outage, row: Any) -> bool:
+    """The day's failure rate clears the minimum volume, the minimum rate and the ratio."""
+    if row.attempts < outage.min_attempts:
+        return False
+    rate = row.failures / row.attempts
+    baseline = row.base_failures / row.base_attempts if row.base_attempts else 0.0
+    return rate >= outage.min_failure_rate and rate >= outage.ratio * max(
+        baseline, outage.baseline_floor
+    )
+
+
+def detect_outages(conn: Connection, outage: Outage, as_of: date) -> tuple[int, int]:
+    """Open a window for each gateway failing abnormally today, close those back to normal.
+
+    Returns (opened, closed). Gateways are few, so they are looped over in Python; the counts
+    themselves are one grouped query.
+    """
+    rows = gateway_rates(conn, outage, as_of)
+    failing = {row.gateway: row for row in rows if is_outage_day(outage, row)}
+    open_windows = set(
+        conn.execute(select(OUTAGES.c.gateway).where(OUTAGES.c.ended_on.is_(None))).scalars()
+    )
+    new = [
+        {
+            "gateway": gateway,
+            "started_on": as_of,
+            "attempts": row.attempts,
+            "failures": row.failures,
+            "failure_rate": row.failures / row.attempts,
+            "baseline_rate": row.base_failures / row.base_attempts if row.base_attempts else 0.0,
+        }
+        for gateway, row in failing.items()
+        if gateway not in open_windows
+    ]
+    if new:
+        conn.execute(insert(OUTAGES), new)
+    recovered = open_windows - set(failing)
+    closed = 0
+    if recovered:
+        closed = conn.execute(
+            update(OUTAGES)
+            .where(OUTAGES.c.ended_on.is_(None), OUTAGES.c.gateway.in_(recovered))
+            .where(OUTAGES.c.started_on < as_of)
+            .values(ended_on=as_of - timedelta(days=1))
+        ).rowcount
+    return len(new), closed
+
+
+def plan_apologies(conn: Connection, policy: Policy, as_of: date) -> int:
+    """For each window closed and not yet apologised for: one apology per affected open case,
+    listing the invoices whose attempt failed inside the window and that are still owed."""
+    windows = conn.execute(
+        select(OUTAGES).where(OUTAGES.c.ended_on.is_not(None), OUTAGES.c.apologised_on.is_(None))
+    ).all()
+    planned = 0
+    for window in windows:
+        planned += _apologise(conn, policy, window, as_of)
+    return planned
+
+
+def _affected_invoices(window: Any) -> Any:
+    """Owed, remindable invoices with a failed attempt inside `window` on its gateway."""
+    return select(BALANCES.c.invoice_id).where(
+        BALANCES.c.remindable,
+        BALANCES.c.invoice_id.in_(
+            select(PAYMENTS.c.invoice_id).where(
+                PAYMENTS.c.status == "failed",
+                PAYMENTS.c.gateway == window.gateway,
+                PAYMENTS.c.attempted_on >= window.started_on,
+                PAYMENTS.c.attempted_on <= window.ended_on,
+            )
+        ),
+    )
+
+
+def _apologise(conn: Connection, policy: Policy, window: Any, as_of: date) -> int:
+    invoices = _affected_invoices(window)
+    affected = and_(
+        CASES.c.closed_on.is_(None),
+        CASES.c.customer_id.in_(
+            select(BALANCES.c.customer_id).where(BALANCES.c.invoice_id.in_(invoices))
+        ),
+    )
+    key = literal("case:") + cast(CASES.c.id, String) + literal(f":{APOLOGY_STAGE}:{window.id}")
+    source = (
+        select(
+            key,
+            CASES.c.id,
+            CASES.c.customer_id,
+            literal("reminder"),
+            literal(APOLOGY_STAGE),
+            CASES.c.stage_index,
+            literal(policy.diagnosis.templates.outage),
+            CUSTOMERS.c.locale,
+            CUSTOMERS.c.email,
+            literal(as_of, MESSAGES.c.planned_on.type),
+            literal("planned"),
+            literal("outage"),
+        )
+        .join_from(CASES, CUSTOMERS, CUSTOMERS.c.customer_id == CASES.c.customer_id)
+        .where(affected)
+    )
+    before = conn.execute(select(func.coalesce(func.max(MESSAGES.c.id), 0))).scalar_one()
+    planned = conn.execute(
+        insert_ignoring_conflicts(conn.dialect.name, MESSAGES, ["key"], APOLOGY_COLUMNS, source)
+    ).rowcount
+    apologies = and_(MESSAGES.c.id > before, MESSAGES.c.stage == APOLOGY_STAGE)
+    owed = (BALANCES.c.invoice_id, BALANCES.c.currency, BALANCES.c.owed)
+    items = select(MESSAGES.c.id, *owed, literal("outage")).where(
+        apologies,
+        BALANCES.c.customer_id == MESSAGES.c.customer_id,
+        BALANCES.c.invoice_id.in_(invoices),
+    )
+    conn.execute(
+        insert(ITEMS).from_select(["message_id", "invoice_id", "currency", "owed", "cause"], items)
+    )
+    replaced = and_(
+        MESSAGES.c.planned_on == as_of,
+        MESSAGES.c.kind == "reminder",
+        MESSAGES.c.stage != APOLOGY_STAGE,
+        MESSAGES.c.case_id.in_(select(MESSAGES.c.case_id).where(apologies)),
+    )
+    move(conn, replaced, "planned", "suppressed", "outage_apology", datetime.now(UTC))
+    record_events(
+        conn,
+        select(MESSAGES.c.case_id).where(apologies),
+        "outage_apology_planned",
+        as_of,
+        {"gateway": window.gateway, "outage": window.id},
+    )
+    conn.execute(update(OUTAGES).where(OUTAGES.c.id == window.id).values(apologised_on=as_of))
+    return planned
+
+
+def alert_markdown(windows: list[Any]) -> str:
+    """The operators' alert: which gateways, since when, how bad against their baseline."""
+    lines = [
+        "# Payment gateway outage",
+        "",
+        "Failures on these gateways are the platform's, not the customers': their reminders "
+        "are held, and they will get a retry message with an apology once the gateway is "
+        "healthy again.",
+        "",
+        "| gateway | since | attempts | failed | failure rate | baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {w.gateway} | {w.started_on.isoformat()} | {w.attempts} | {w.failures} | "
+        f"{w.failure_rate:.0%} | {w.baseline_rate:.0%} |"
+        for w in windows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def alert_operators(
+    engine: Engine, settings: Settings, policy: Policy, as_of: date, dry_run: bool = False
+) -> int:
+    """Alert operators once about each outage window not alerted yet; returns how many.
+
+    Publishes a Prefect markdown artifact and, when `outage.ops_email` is set, emails it
+    through the configured transport (SMTP, or the Maildir outbox). A dry run alerts nobody.
+    """
+    if dry_run:
+        return 0
+    with engine.begin() as conn:
+        windows = conn.execute(
+            select(OUTAGES).where(OUTAGES.c.alerted_on.is_(None)).order_by(OUTAGES.c.id)
+        ).all()
+        if not windows:
+            return 0
+        markdown = alert_markdown(windows)
+        _publish(markdown)
+        if policy.outage.ops_email:
+            email = _alert_email(settings, policy.outage.ops_email, windows, markdown)
+            asyncio.run(_send(settings, email))
+        conn.execute(
+            update(OUTAGES)
+            .where(OUTAGES.c.id.in_([w.id for w in windows]))
+            .values(alerted_on=as_of)
+        )
+    return len(windows)
+
+
+def _publish(markdown: str) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        key="gateway-outage", markdown=markdown, description="Payment gateway outage"
+    )
+
+
+def _alert_email(settings: Settings, to: str, windows: list[Any], markdown: str) -> EmailMessage:
+    """The alert email. Gateway names come from the ledger, so the subject takes them as one
+    safe line."""
+    email = EmailMessage()
+    email["From"] = settings.smtp_from
+    email["To"] = to
+    gateways = one_line(", ".join(sorted({w.gateway for w in windows})))
+    email["Subject"] = f"Collectflow: payment gateway outage ({gateways})"
+    email["Date"] = format_datetime(datetime.now(UTC))
+    email["Message-ID"] = make_msgid("outage", sender_domain(settings))
+    email.set_content(markdown, charset="utf-8")
+    return email
+
+
+async def _send(settings: Settings, email: EmailMessage) -> None:
+    from collectflow.flows.steps.deliver import (
+        transport_for,  # deliver builds on plan, which builds on this
+    )
+
+    transport = transport_for(settings)
+    try:
+        await transport.send(Email.of(email))
+    finally:
+        await transport.close()

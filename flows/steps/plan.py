@@ -1,0 +1,365 @@
+"""Step 3, plan: open and close cases, and plan the next stage due for each open case.
+
+A case moves at most one stage per run, to the next stage of its ladder whose offset (from the
+due date of its oldest remindable invoice) has passed, and only once the previous stage is at
+least `min_gap_days` old. So a missed day never skips a stage nor sends two: catching up after
+downtime behaves like the days that were missed. The one exception is a pre-due stage whose
+invoice is already past due: a "due soon" note after the due date would be wrong, so it is
+skipped and the skip is logged.
+
+Each message has the key `case:<id>:<stage>`, unique in the outbox, so a rerun of the same day
+plans nothing twice. Everything here is set-based SQL; no per-customer Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.sql.expression import ColumnElement, Subquery
+
+from collectflow.flows.cases.events import json_detail, record_events
+from collectflow.flows.cases.lifecycle import ACTIVE, REMINDING, RESOLVED, transition
+from collectflow.flows.cases.lifecycle import OPEN as OPEN_STATE
+from collectflow.flows.cases.pauses import review_pauses
+from collectflow.flows.ledger.balances import refresh_statistics
+from collectflow.flows.ledger.calendar import days_elapsed, fill_calendar
+from collectflow.flows.mail.outbox import move
+from collectflow.flows.measure.experiments import assign_stage_experiments
+from collectflow.flows.policy.document import Policy
+from collectflow.flows.steps.contact import apply_contact_rules
+from collectflow.flows.steps.diagnose import diagnose_planned
+from collectflow.models import (
+    Case,
+    Customer,
+    InvoiceBalance,
+    LadderStage,
+    Message,
+    MessageItem,
+    Payment,
+    days_between,
+    insert_ignoring_conflicts,
+)
+
+CASES = Case.__table__
+CUSTOMERS = Customer.__table__
+BALANCES = InvoiceBalance.__table__
+STAGES = LadderStage.__table__
+MESSAGES = Message.__table__
+ITEMS = MessageItem.__table__
+PAYMENTS = Payment.__table__
+
+OPEN = CASES.c.closed_on.is_(None)
+MESSAGE_COLUMNS = [
+    "key",
+    "case_id",
+    "customer_id",
+    "kind",
+    "stage",
+    "stage_index",
+    "template",
+    "locale",
+    "to_address",
+    "planned_on",
+    "status",
+]  # what planning a message sets; everything else is filled by render and deliver
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """What plan changed: cases opened and resolved, pre-due stages skipped, messages planned."""
+
+    opened: int
+    resolved: int
+    skipped_pre_due: int
+    planned: int
+
+
+def plan(conn: Connection, policy: Policy, as_of: date) -> PlanReport:
+    """Bring cases up to date with the ledger as of `as_of` and plan the stages now due."""
+    sync_ladders(conn, policy)
+    fill_calendar(conn, policy, as_of)  # business days per country, for offsets that count them
+    review_pauses(conn, policy, as_of)
+    resolved = resolve_settled_cases(conn, as_of)
+    opened = open_cases(conn, policy, as_of)
+    refresh_statistics(conn, "cases")  # PostgreSQL: the joins below need to know its new size
+    skipped = skip_stale_pre_due(conn, as_of)
+    planned = plan_next_stages(conn, as_of)
+    refresh_statistics(conn, "messages")
+    add_message_items(conn, as_of)
+    refresh_statistics(conn, "message_items")
+    diagnose_planned(conn, policy, as_of)  # cause and template of each message (step 2)
+    advance_cases(conn, as_of)
+    suppress_uncontactable(conn, as_of)
+    apply_contact_rules(conn, policy, as_of)  # opt-outs, bounces, quiet hours (contact.py)
+    assign_stage_experiments(conn, policy, as_of)  # variants and holdouts (experiments.py)
+    return PlanReport(opened=opened, resolved=resolved, skipped_pre_due=skipped, planned=planned)
+
+
+def sync_ladders(conn: Connection, policy: Policy) -> None:
+    """Flatten the policy's ladders into `ladder_stages`, the table plan joins on."""
+    rows: list[dict[str, Any]] = []
+    for name, ladder in policy.ladders.items():
+        last = len(ladder.stages) - 1
+        rows.extend(
+            {
+                "ladder": name,
+                "stage_index": index,
+                "stage": stage.name,
+                "offset_days": stage.offset_days,
+                "template": stage.template,
+                "min_gap_days": ladder.min_gap_days,
+                "is_last": index == last,
+                "grace_days": ladder.escalation.grace_days,
+                "business_days": ladder.business_days,
+            }
+            for index, stage in enumerate(ladder.stages)
+        )
+    conn.execute(delete(STAGES))
+    conn.execute(insert(STAGES), rows)
+
+
+def first_offset_of(ladder: ColumnElement[str]) -> ColumnElement[int]:
+    """The offset of a ladder's first stage: when an invoice enters that ladder's scope."""
+    return select(func.min(STAGES.c.offset_days)).where(STAGES.c.ladder == ladder).scalar_subquery()
+
+
+def owes_in_scope(
+    as_of: date, customer_id: ColumnElement[str], ladder: ColumnElement[str], remindable: bool
+) -> ColumnElement[bool]:
+    """The customer owes on an invoice that the ladder has reached by `as_of`."""
+    conditions = [
+        BALANCES.c.customer_id == customer_id,
+        days_between(as_of, BALANCES.c.due_on) >= first_offset_of(ladder),
+    ]
+    if remindable:
+        conditions.append(BALANCES.c.remindable)
+    return exists().where(*conditions)
+
+
+def resolve_settled_cases(conn: Connection, as_of: date) -> int:
+    """Close open cases whose customer no longer owes anything the ladder covers."""
+    settled = and_(OPEN, not_(owes_in_scope(as_of, CASES.c.customer_id, CASES.c.ladder, False)))
+    return transition(
+        conn,
+        select(CASES.c.id).where(settled),
+        RESOLVED,
+        as_of,
+        "resolved",
+        why="nothing owed any more",
+        values={"closed_on": as_of},
+    )
+
+
+def open_cases(conn: Connection, policy: Policy, as_of: date) -> int:
+    """Open a case for each customer with a remindable invoice its segment's ladder reached."""
+    ladder = case(
+        {segment.name: segment.ladder for segment in policy.segments},
+        value=CUSTOMERS.c.segment,
+        else_=policy.segments[-1].ladder,
+    )
+    has_open_case = exists().where(CASES.c.customer_id == CUSTOMERS.c.customer_id, OPEN)
+    source = select(
+        CUSTOMERS.c.customer_id,
+        literal(OPEN_STATE),
+        func.coalesce(CUSTOMERS.c.segment, policy.segments[-1].name),
+        ladder,
+        literal(-1),
+        literal(as_of, CASES.c.opened_on.type),
+    ).where(not_(has_open_case), owes_in_scope(as_of, CUSTOMERS.c.customer_id, ladder, True))
+    before = conn.execute(select(func.coalesce(func.max(CASES.c.id), 0))).scalar_one()
+    result = conn.execute(
+        insert(CASES).from_select(
+            ["customer_id", "status", "segment", "ladder", "stage_index", "opened_on"], source
+        )
+    )
+    record_events(
+        conn,
+        select(CASES.c.id, json_detail("segment", CASES.c.segment)).where(CASES.c.id > before),
+        "opened",
+        as_of,
+    )
+    return result.rowcount
+
+
+def anchors() -> Subquery:
+    """Per customer, the due date of the oldest remindable invoice: where ladders count from."""
+    return (
+        select(BALANCES.c.customer_id, func.min(BALANCES.c.due_on).label("anchor_due"))
+        .where(BALANCES.c.remindable)
+        .group_by(BALANCES.c.customer_id)
+        .subquery("anchors")
+    )
+
+
+def skip_stale_pre_due(conn: Connection, as_of: date) -> int:
+    """Move past pre-due stages of cases whose oldest remindable invoice is already overdue."""
+    last_pre_due = (
+        select(func.max(STAGES.c.stage_index))
+        .where(STAGES.c.ladder == CASES.c.ladder, STAGES.c.offset_days < 0)
+        .scalar_subquery()
+    )
+    overdue = exists().where(  # the oldest remindable invoice is past due
+        BALANCES.c.customer_id == CASES.c.customer_id,
+        BALANCES.c.remindable,
+        BALANCES.c.due_on < as_of,
+    )
+    stale = and_(OPEN, CASES.c.status.in_(ACTIVE), CASES.c.stage_index < last_pre_due, overdue)
+    record_events(conn, select(CASES.c.id).where(stale), "pre_due_skipped", as_of)
+    result = conn.execute(update(CASES).where(stale).values(stage_index=last_pre_due))
+    return result.rowcount
+
+
+def plan_next_stages(conn: Connection, as_of: date) -> int:
+    """Insert one planned message per open case whose next stage is due today."""
+    anchor = anchors()
+    gap_ok = or_(
+        CASES.c.fast_track,
+        CASES.c.last_stage_on.is_(None),
+        days_between(as_of, CASES.c.last_stage_on) >= STAGES.c.min_gap_days,
+    )
+    elapsed = days_elapsed(as_of, anchor.c.anchor_due, CUSTOMERS.c.country, STAGES.c.business_days)
+    offset_reached = elapsed >= STAGES.c.offset_days
+    key = literal("case:") + cast(CASES.c.id, String) + literal(":") + STAGES.c.stage
+    source = (
+        select(
+            key,
+            CASES.c.id,
+            CASES.c.customer_id,
+            literal("reminder"),
+            STAGES.c.stage,
+            STAGES.c.stage_index,
+            STAGES.c.template,
+            CUSTOMERS.c.locale,
+            CUSTOMERS.c.email,
+            literal(as_of, MESSAGES.c.planned_on.type),
+            literal("planned"),
+        )
+        .select_from(
+            CASES.join(
+                STAGES,
+                and_(
+                    STAGES.c.ladder == CASES.c.ladder,
+                    STAGES.c.stage_index == CASES.c.stage_index + 1,
+                ),
+            )
+            .join(anchor, anchor.c.customer_id == CASES.c.customer_id)
+            .join(CUSTOMERS, CUSTOMERS.c.customer_id == CASES.c.customer_id)
+        )
+        .where(
+            OPEN,
+            CASES.c.status.in_(ACTIVE),
+            or_(CASES.c.fast_track, offset_reached),
+            gap_ok,
+        )
+    )
+    statement = insert_ignoring_conflicts(
+        conn.dialect.name, MESSAGES, ["key"], MESSAGE_COLUMNS, source
+    )
+    return conn.execute(statement).rowcount
+
+
+def add_message_items(conn: Connection, as_of: date) -> None:
+    """List on each message planned today the invoices it asks for, with what is owed on each.
+
+    A pre-due stage lists invoices falling due within its offset; later stages list every
+    overdue remindable invoice of the customer.
+    """
+    reach = case((STAGES.c.offset_days <= 0, STAGES.c.offset_days), else_=1)
+    has_items = exists().where(ITEMS.c.message_id == MESSAGES.c.id)
+    source = (
+        select(MESSAGES.c.id, BALANCES.c.invoice_id, BALANCES.c.currency, BALANCES.c.owed)
+        .select_from(
+            MESSAGES.join(CASES, CASES.c.id == MESSAGES.c.case_id)
+            .join(
+                STAGES,
+                and_(
+                    STAGES.c.ladder == CASES.c.ladder,
+                    STAGES.c.stage_index == MESSAGES.c.stage_index,
+                ),
+            )
+            .join(BALANCES, BALANCES.c.customer_id == MESSAGES.c.customer_id)
+        )
+        .where(
+            MESSAGES.c.planned_on == as_of,
+            MESSAGES.c.kind == "reminder",
+            not_(has_items),
+            BALANCES.c.remindable,
+            days_between(as_of, BALANCES.c.due_on) >= reach,
+        )
+    )
+    conn.execute(
+        insert(ITEMS).from_select(["message_id", "invoice_id", "currency", "owed"], source)
+    )
+
+
+def advance_cases(conn: Connection, as_of: date) -> None:
+    """Record on each case the stage planned for it today."""
+    planned = and_(
+        MESSAGES.c.case_id == CASES.c.id,
+        MESSAGES.c.planned_on == as_of,
+        MESSAGES.c.kind == "reminder",
+        MESSAGES.c.stage_index > CASES.c.stage_index,
+    )
+    record_events(
+        conn,
+        select(CASES.c.id, json_detail("stage", MESSAGES.c.stage)).where(planned),
+        "stage_planned",
+        as_of,
+    )
+    conn.execute(
+        update(CASES)
+        .where(planned)
+        .values(
+            stage_index=MESSAGES.c.stage_index,
+            stage=MESSAGES.c.stage,
+            last_stage_on=as_of,
+            fast_track=False,
+        )
+    )
+    first_stage = and_(OPEN, CASES.c.status == OPEN_STATE, CASES.c.last_stage_on == as_of)
+    reminding = select(CASES.c.id).where(first_stage)
+    transition(conn, reminding, REMINDING, as_of, "reminding", why="first stage planned")
+
+
+def suppress_uncontactable(conn: Connection, as_of: date) -> int:
+    """Suppress today's reminders to customers who must not or need not be written to.
+
+    The stage still counts as done, so an uncontactable case walks its ladder silently and
+    reaches the operator queue instead of waiting forever.
+    """
+    charge_failed = exists().where(
+        ITEMS.c.message_id == MESSAGES.c.id,
+        PAYMENTS.c.invoice_id == ITEMS.c.invoice_id,
+        PAYMENTS.c.status == "failed",
+        PAYMENTS.c.attempted_on <= as_of,
+    )
+    reason = case(
+        (CUSTOMERS.c.do_not_contact, "do_not_contact"),
+        (func.trim(CUSTOMERS.c.email) == "", "no_email"),
+        (and_(CUSTOMERS.c.autopay, not_(charge_failed)), "autopay_pending"),
+    )
+    todays = and_(
+        MESSAGES.c.customer_id == CUSTOMERS.c.customer_id,
+        MESSAGES.c.planned_on == as_of,
+        MESSAGES.c.kind == "reminder",
+        reason.is_not(None),
+    )
+    return len(move(conn, todays, "planned", "suppressed", reason, datetime.now(UTC)))
