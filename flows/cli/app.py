@@ -1,28 +1,18 @@
 """The `collectflow` command line: a convenience over the flows and steps.
 
+The app gathers the commands of each command module (one module per command group); the
+command modules share their options through `cli.options` and import nothing back from here.
 Every command that prints a summary takes `--json` and then prints exactly one JSON document
 on stdout (logs go to stderr). Exit codes: 0 done, 1 failed, 2 bad input or usage.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import tempfile
-from collections.abc import Callable
-from datetime import date, timedelta
-from decimal import Decimal
-from functools import wraps
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
-
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
-from collectflow.flows.config import Settings, get_settings
-from collectflow.flows.errors import BadUsage, CollectflowError
+from collectflow.flows.cli import cases, delivery, report, run, segments
+
+COMMAND_MODULES = (run, cases, delivery, report, segments)  # in the order `--help` lists them
 
 app = typer.Typer(
     name="collectflow",
@@ -30,240 +20,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-DateOption = Annotated[date | None, typer.Option(formats=["%Y-%m-%d"])]
-
-
-def handles_errors(command: F) -> F:
-    """Turn our errors into a clear message and exit code 2; anything else into exit 1."""
-
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (CollectflowError, ValidationError) as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-            raise typer.Exit(2) from exc
-        except typer.Exit:
-            raise
-        except Exception as exc:
-            err.print(f"[bold red]failed:[/] {type(exc).__name__}: {exc}", highlight=False)
-            raise typer.Exit(1) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-def emit_json(document: Any) -> None:
-    """Print one JSON document on stdout (dates, decimals as strings)."""
-    sys.stdout.write(json.dumps(document, indent=2, default=_jsonable) + "\n")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, date | Decimal):
-        return str(value) if isinstance(value, Decimal) else value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def engine_for(settings: Settings) -> Any:
-    from collectflow.models import init_db, make_engine
-
-    engine = make_engine(settings.database_url)
-    init_db(engine)
-    return engine
-
-
-@app.command()
-@handles_errors
-def init(
-    reset: Annotated[bool, typer.Option(help="Drop every Collectflow table first.")] = False,
-) -> None:
-    """Create (or, with --reset, recreate) the database schema."""
-    from collectflow.models import drop_db, init_db, make_engine
-
-    settings = get_settings()
-    engine = make_engine(settings.database_url)
-    if reset:
-        drop_db(engine)
-    init_db(engine)
-    err.print(f"database ready: {settings.database_url}")
-
-
-@app.command("import")
-@handles_errors
-def import_command(
-    directory: Annotated[Path, typer.Argument(help="Folder with customers/invoices/payments.csv")],
-    as_json: JsonOption = False,
-) -> None:
-    """Import the ledger CSV files of DIR (all or nothing, idempotent)."""
-    from collectflow.flows.ledger.csv_import import import_ledger
-
-    settings = get_settings()
-    report = import_ledger(engine_for(settings), directory, settings)
-    for warning in report.warnings:
-        err.print(f"warning: {warning}", highlight=False)
-    if as_json:
-        emit_json({"files": report.files, "warnings": report.warnings})
-        return
-    for name, rows in report.files.items():
-        out.print(f"{name}: {rows} rows imported")
-
-
-@app.command()
-@handles_errors
-def run(
-    as_of: DateOption = None,
-    from_: Annotated[date | None, typer.Option("--from", formats=["%Y-%m-%d"])] = None,
-    to: Annotated[date | None, typer.Option("--to", formats=["%Y-%m-%d"])] = None,
-    dry_run: Annotated[
-        bool, typer.Option(help="Decide and render; store and send nothing.")
-    ] = False,
-    skip_delivery: Annotated[bool, typer.Option(help="Plan and render only.")] = False,
-    as_json: JsonOption = False,
-) -> None:
-    """Run the daily collections flow for one date (default today) or each date of a range."""
-    from collectflow.flows.daily import collections_range, daily_collections
-
-    if (from_ is None) != (to is None):
-        raise BadUsage("--from and --to go together")
-    if from_ is not None and as_of is not None:
-        raise BadUsage("use either --as-of or --from/--to")
-    if from_ is not None and to is not None:
-        days = collections_range(from_, to, dry_run=dry_run, skip_delivery=skip_delivery)
-    else:
-        days = [daily_collections(as_of=as_of, dry_run=dry_run, skip_delivery=skip_delivery)]
-    print_days(days, as_json)
-
-
-@app.command()
-@handles_errors
-def demo(
-    customers: Annotated[int, typer.Option(min=10, help="Customers in the demo portfolio.")] = 300,
-    days: Annotated[int, typer.Option(min=0, help="Days of history to replay up to today.")] = 45,
-    as_json: JsonOption = False,
-) -> None:
-    """Seed a realistic demo portfolio and run the daily flow on it, up to today.
-
-    The portfolio is deterministic for a given date, so running the demo again the same day
-    imports nothing new and sends nothing new.
-    """
-    from collectflow.flows.daily import collections_range
-    from collectflow.flows.ledger.csv_import import import_ledger
-    from collectflow.flows.ledger.demo import write_demo_ledger
-    from collectflow.flows.pipeline import business_today
-
-    settings = get_settings()
-    today = business_today(settings)
-    with tempfile.TemporaryDirectory(prefix="collectflow-demo-") as folder:
-        write_demo_ledger(Path(folder), today, customers=customers)
-        imported = import_ledger(engine_for(settings), Path(folder), settings)
-    err.print(f"demo ledger imported into {settings.database_url}: {imported.files}")
-    summaries = collections_range(today - timedelta(days=days), today)
-    if as_json:
-        emit_json({"imported": imported.files, "days": summaries, "totals": totals(summaries)})
-        return
-    print_totals(summaries, settings)
-
-
-def totals(days: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add up day summaries: messages per stage and status, suppressions, escalations."""
-    messages: dict[str, dict[str, int]] = {}
-    suppressed: dict[str, int] = {}
-    causes: dict[str, int] = {}
-    for day in days:
-        for stage, statuses in day["messages"].items():
-            for status, count in statuses.items():
-                messages.setdefault(stage, {}).setdefault(status, 0)
-                messages[stage][status] += count
-        for reason, count in day["suppressed"].items():
-            suppressed[reason] = suppressed.get(reason, 0) + count
-        for cause, count in day["causes"].items():
-            causes[cause] = causes.get(cause, 0) + count
-    return {
-        "from": days[0]["as_of"] if days else None,
-        "to": days[-1]["as_of"] if days else None,
-        "segments": days[-1]["segments"] if days else {},
-        "messages": messages,
-        "suppressed": suppressed,
-        "causes": causes,
-        "sent": sum(day["sent"] for day in days),
-        "escalated": sum(day["escalated"] for day in days),
-        "account_manager_emails": sum(day["account_manager_emails"] for day in days),
-        "cases_opened": sum(day["cases_opened"] for day in days),
-        "cases_resolved": sum(day["cases_resolved"] for day in days),
-        "outcomes": days[-1]["outcomes"] if days else {},
-        "nothing_new": all(day["nothing_new"] for day in days),
-        "skipped_days": sum(1 for day in days if day.get("skipped")),
-    }
-
-
-def print_days(days: list[dict[str, Any]], as_json: bool) -> None:
-    """Print run summaries: one day in full, a range as totals."""
-    if as_json:
-        emit_json(days[0] if len(days) == 1 else {"days": days, "totals": totals(days)})
-        return
-    print_totals(days, get_settings())
-
-
-def print_totals(days: list[dict[str, Any]], settings: Settings) -> None:
-    """A readable summary of one or more days."""
-    summary = totals(days)
-    span = (
-        summary["from"]
-        if summary["from"] == summary["to"]
-        else f"{summary['from']} to {summary['to']}"
-    )
-    dry = " (dry run: nothing stored, nothing sent)" if days and days[0]["dry_run"] else ""
-    out.print(f"[bold]Collections run for {span}[/]{dry}")
-    if summary["skipped_days"]:
-        out.print(
-            f"{summary['skipped_days']} date(s) skipped: a later date had already run "
-            "(history is not replayed over a newer state)."
-        )
-    if summary["nothing_new"]:
-        out.print(
-            "[yellow]Nothing new:[/] every stage due was already planned by an earlier run; "
-            "nothing was planned or sent now."
-        )
-    segments = Table("segment", "customers", title="Customers per segment")
-    for name, count in sorted(summary["segments"].items(), key=lambda kv: -kv[1]):
-        segments.add_row(name, str(count))
-    stages = Table("stage", "sent", "suppressed", "not sent yet", title="Messages per stage")
-    for stage, statuses in summary["messages"].items():
-        waiting = sum(n for s, n in statuses.items() if s not in ("sent", "suppressed"))
-        stages.add_row(
-            stage, str(statuses.get("sent", 0)), str(statuses.get("suppressed", 0)), str(waiting)
-        )
-    reasons = Table("reason", "messages", title="Suppressed, and why")
-    for reason, count in sorted(summary["suppressed"].items()):
-        reasons.add_row(reason, str(count))
-    out.print(segments, stages)
-    if summary["suppressed"]:
-        out.print(reasons)
-    if summary["causes"]:
-        causes = Table("cause", "reminders", title="Why unpaid: reminders by cause")
-        for cause, count in sorted(summary["causes"].items(), key=lambda kv: -kv[1]):
-            causes.add_row(cause, str(count))
-        out.print(causes)
-    out.print(
-        f"cases opened {summary['cases_opened']}, resolved {summary['cases_resolved']}, "
-        f"escalated {summary['escalated']} (account managers emailed: "
-        f"{summary['account_manager_emails']}); messages sent {summary['sent']}"
-    )
-    if not settings.smtp_host and summary["sent"]:
-        out.print(f"mail written to the Maildir {settings.outbox.resolve()}")
+for module in COMMAND_MODULES:
+    app.registered_commands.extend(module.commands.registered_commands)
+    app.registered_groups.extend(module.commands.registered_groups)
 
 
 def main() -> None:
     """Console-script entry point."""
     app()
-
-
-# command modules: each registers its commands on `app` when imported
-import collectflow.flows.cli.cases  # noqa: E402  queue, queue claim, case, operator actions
-import collectflow.flows.cli.delivery  # noqa: E402  deliver, opt-out, in-doubt
-import collectflow.flows.cli.report  # noqa: E402  report: terminal, JSON, HTML
-import collectflow.flows.cli.segments  # noqa: E402, F401  segments, what-if, explain

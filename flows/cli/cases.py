@@ -16,18 +16,20 @@ import typer
 from rich.table import Table
 
 from collectflow.flows.cases.casework import ActionRefused
-from collectflow.flows.cli.app import JsonOption, app, emit_json, engine_for, handles_errors, out
+from collectflow.flows.cli.options import JsonOption, emit_json, engine_for, handles_errors, out
 from collectflow.flows.config import get_settings
 
 if TYPE_CHECKING:
     from prefect import Flow
+
+commands = typer.Typer()
 
 queue_app = typer.Typer(
     help="The operator queue: cases needing a person. Without a subcommand, list it.",
     invoke_without_command=True,
     no_args_is_help=False,
 )
-app.add_typer(queue_app, name="queue")
+commands.add_typer(queue_app, name="queue")
 
 OperatorOption = Annotated[
     str, typer.Option("--operator", help="Your name, for the case's event log.")
@@ -88,7 +90,7 @@ def queue_done(
     print_action(act(complete_queue_item, item_id, operator, note), as_json)
 
 
-@app.command("case")
+@commands.command("case")
 @handles_errors
 def case_command(case_id: int, as_json: JsonOption = False) -> None:
     """One case's story: segment, invoices, payments, messages, promises, disputes, events."""
@@ -166,7 +168,7 @@ def print_action(result: dict[str, Any], as_json: bool) -> None:
         out.print(f"  - {change}", highlight=False)
 
 
-@app.command()
+@commands.command()
 @handles_errors
 def promise(
     case_id: int,
@@ -185,7 +187,7 @@ def promise(
     )
 
 
-@app.command()
+@commands.command()
 @handles_errors
 def dispute(
     invoice_id: str,
@@ -199,7 +201,7 @@ def dispute(
     print_action(act(mark_dispute, invoice_id, operator, reason), as_json)
 
 
-@app.command("resolve-dispute")
+@commands.command("resolve-dispute")
 @handles_errors
 def resolve_dispute_command(
     dispute_id: int,
@@ -216,7 +218,7 @@ def resolve_dispute_command(
     print_action(act(resolve_dispute, dispute_id, outcome.value, operator, note, amount), as_json)
 
 
-@app.command()
+@commands.command()
 @handles_errors
 def pause(
     customer_id: str,
@@ -231,7 +233,7 @@ def pause(
     print_action(act(pause_customer, customer_id, until, reason, operator), as_json)
 
 
-@app.command()
+@commands.command()
 @handles_errors
 def resume(
     customer_id: str, operator: OperatorOption, note: NoteOption = "", as_json: JsonOption = False
@@ -242,7 +244,7 @@ def resume(
     print_action(act(resume_customer, customer_id, operator, note), as_json)
 
 
-@app.command("write-off")
+@commands.command("write-off")
 @handles_errors
 def write_off(
     case_id: int, operator: OperatorOption, note: NoteOption = "", as_json: JsonOption = False
@@ -253,7 +255,7 @@ def write_off(
     print_action(act(confirm_write_off, case_id, operator, note), as_json)
 
 
-@app.command()
+@commands.command()
 @handles_errors
 def resend(
     message_id: int, operator: OperatorOption, note: NoteOption = "", as_json: JsonOption = False
@@ -264,7 +266,7 @@ def resend(
     print_action(act(resend_message, message_id, operator, note), as_json)
 
 
-@app.command()
+@commands.command()
 @handles_errors
 def close(
     case_id: int,

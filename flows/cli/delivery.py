@@ -7,10 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from collectflow.flows.cli.app import (
+from collectflow.flows.cli.options import (
     DateOption,
     JsonOption,
-    app,
     emit_json,
     engine_for,
     err,
@@ -19,8 +18,10 @@ from collectflow.flows.cli.app import (
 )
 from collectflow.flows.config import get_settings
 
+commands = typer.Typer()
 
-@app.command()
+
+@commands.command()
 @handles_errors
 def deliver(
     as_of: DateOption = None,
@@ -51,7 +52,7 @@ def deliver(
     )
 
 
-@app.command("opt-out")
+@commands.command("opt-out")
 @handles_errors
 def opt_out(
     customer_id: Annotated[
@@ -72,7 +73,7 @@ def opt_out(
     out.print(f"{customer_id or address}: opted out" + ("" if added else " (already)"))
 
 
-@app.command("in-doubt")
+@commands.command("in-doubt")
 @handles_errors
 def in_doubt(
     mark_sent: Annotated[

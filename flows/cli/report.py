@@ -10,10 +10,9 @@ import typer
 from rich import box
 from rich.table import Table
 
-from collectflow.flows.cli.app import (
+from collectflow.flows.cli.options import (
     DateOption,
     JsonOption,
-    app,
     emit_json,
     engine_for,
     err,
@@ -30,7 +29,10 @@ OUTCOMES = (
 BREAKDOWN_TABLES = ("template", "segment", "cause", "variant", "month")
 
 
-@app.command()
+commands = typer.Typer()
+
+
+@commands.command()
 @handles_errors
 def report(
     since: DateOption = None,

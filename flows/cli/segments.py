@@ -9,10 +9,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from collectflow.flows.cli.app import (
+from collectflow.flows.cli.options import (
     DateOption,
     JsonOption,
-    app,
     emit_json,
     engine_for,
     handles_errors,
@@ -20,8 +19,10 @@ from collectflow.flows.cli.app import (
 )
 from collectflow.flows.config import get_settings
 
+commands = typer.Typer()
 
-@app.command()
+
+@commands.command()
 @handles_errors
 def segments(
     as_of: DateOption = None,
