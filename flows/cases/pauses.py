@@ -25,6 +25,7 @@ from collectflow.flows.cases.lifecycle import (
     REMINDING,
     transition,
 )
+from collectflow.flows.ledger.balances import settled_amount, settling
 from collectflow.flows.policy.document import Policy
 from collectflow.models import Case, Invoice, LadderStage, Payment, Promise
 
@@ -55,15 +56,14 @@ def paid_since_promise(as_of: date) -> ColumnElement[Any]:
 
     Refunds count against it; only invoices in the promise's currency count.
     """
-    signed = case((PAYMENTS.c.status == "refunded", -PAYMENTS.c.amount), else_=PAYMENTS.c.amount)
     return (
-        select(func.coalesce(func.sum(signed), 0))
+        select(settled_amount())
         .select_from(PAYMENTS.join(INVOICES, INVOICES.c.invoice_id == PAYMENTS.c.invoice_id))
         .where(
             INVOICES.c.customer_id == CASES.c.customer_id,
             CASES.c.id == PROMISES.c.case_id,
             INVOICES.c.currency == PROMISES.c.currency,
-            PAYMENTS.c.status.in_(("succeeded", "refunded")),
+            settling(),
             PAYMENTS.c.attempted_on >= PROMISES.c.made_on,
             PAYMENTS.c.attempted_on <= as_of,
         )

@@ -10,6 +10,7 @@ is there but not `remindable`: no reminder asks for it.
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -23,7 +24,7 @@ from sqlalchemy import (
     text,
     type_coerce,
 )
-from sqlalchemy.sql.expression import Subquery
+from sqlalchemy.sql.expression import ColumnElement, FromClause, Subquery
 
 from collectflow.models import Dispute, Invoice, InvoiceBalance, Money, Payment
 
@@ -33,21 +34,39 @@ PAYMENTS = Payment.__table__
 BALANCES = InvoiceBalance.__table__
 
 ZERO = literal(0, Money)
+SETTLING = ("succeeded", "refunded")  # the attempts that move what is owed; failures don't
+
+
+def settling(payments: FromClause = PAYMENTS) -> ColumnElement[bool]:
+    """The payment row moves what its invoice owes: it succeeded, or it was refunded."""
+    return payments.c.status.in_(SETTLING)
+
+
+def settled_amount(payments: FromClause = PAYMENTS) -> ColumnElement[Any]:
+    """What is settled on an invoice: its succeeded payments less its refunds (0 for none).
+
+    The one place the rule is written; an aggregate, so each caller picks the payments (its
+    invoice or customer, up to a date) in its own WHERE, with `settling` to let an index on
+    the status help.
+    """
+    signed = case(
+        (payments.c.status == "succeeded", payments.c.amount),
+        (payments.c.status == "refunded", -payments.c.amount),
+        else_=ZERO,
+    )
+    return type_coerce(func.coalesce(func.sum(signed), ZERO), Money)
 
 
 def payment_totals(as_of: date) -> Subquery:
-    """Per invoice: succeeded, refunded, and the last succeeded payment date, up to `as_of`."""
+    """Per invoice: what is settled on it and the last succeeded payment date, up to `as_of`."""
     succeeded = PAYMENTS.c.status == "succeeded"
     return (
         select(
             PAYMENTS.c.invoice_id,
-            func.coalesce(func.sum(PAYMENTS.c.amount).filter(succeeded), ZERO).label("paid"),
-            func.coalesce(
-                func.sum(PAYMENTS.c.amount).filter(PAYMENTS.c.status == "refunded"), ZERO
-            ).label("refunded"),
+            settled_amount().label("settled"),
             func.max(PAYMENTS.c.attempted_on).filter(succeeded).label("last_paid_on"),
         )
-        .where(PAYMENTS.c.attempted_on <= as_of, PAYMENTS.c.status != "failed")
+        .where(PAYMENTS.c.attempted_on <= as_of, settling())
         .group_by(PAYMENTS.c.invoice_id)
         .subquery("payment_totals")
     )
@@ -56,11 +75,7 @@ def payment_totals(as_of: date) -> Subquery:
 def invoice_positions(as_of: date) -> Subquery:
     """Every invoice issued by `as_of` with what is owed on it and when it was last paid."""
     totals = payment_totals(as_of)
-    owed_by_payments = (
-        INVOICES.c.amount
-        - func.coalesce(totals.c.paid, ZERO)
-        + func.coalesce(totals.c.refunded, ZERO)
-    )
+    owed_by_payments = INVOICES.c.amount - func.coalesce(totals.c.settled, ZERO)
     trusted_settled = INVOICES.c.status.in_(("paid", "void"))
     owed = type_coerce(case((trusted_settled, ZERO), else_=owed_by_payments), Money)
     return (

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, select, type_coerce
 from sqlalchemy.sql.expression import ColumnElement, Subquery
 
-from collectflow.flows.ledger.balances import ZERO, invoice_positions
+from collectflow.flows.ledger.balances import ZERO, invoice_positions, settled_amount, settling
 from collectflow.flows.steps.outcomes import measured, touch_on
 from collectflow.models import (
     Case,
@@ -65,19 +65,18 @@ def item_cures(cure_days: int, touch: ColumnElement[date]) -> Subquery:
     credited with them: cure is about the money, attribution about the message.
     """
     since = days_between(PAYMENTS.c.attempted_on, touch)
-    signed = case((PAYMENTS.c.status == "refunded", -PAYMENTS.c.amount), else_=PAYMENTS.c.amount)
     paid = (
         select(
             ITEMS.c.message_id,
             ITEMS.c.invoice_id,
-            type_coerce(func.sum(signed), Money).label("paid"),
+            settled_amount().label("paid"),
         )
         .select_from(
             ITEMS.join(MESSAGES, MESSAGES.c.id == ITEMS.c.message_id).join(
                 PAYMENTS, PAYMENTS.c.invoice_id == ITEMS.c.invoice_id
             )
         )
-        .where(PAYMENTS.c.status.in_(("succeeded", "refunded")), since >= 0, since <= cure_days)
+        .where(settling(), since >= 0, since <= cure_days)
         .group_by(ITEMS.c.message_id, ITEMS.c.invoice_id)
         .subquery("paid_in_window")
     )

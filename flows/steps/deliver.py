@@ -58,8 +58,10 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import ColumnElement, Exists, Select
 
 from collectflow.flows.cases.lifecycle import CLOSED, PAUSED_STATES
+from collectflow.flows.cases.queue import queue_cases
 from collectflow.flows.config import Settings
 from collectflow.flows.errors import DeliveryError
+from collectflow.flows.ledger.balances import settled_amount, settling
 from collectflow.flows.mail.compose import Composer, Email
 from collectflow.flows.mail.outbox import (
     BOUNCED,
@@ -89,7 +91,6 @@ from collectflow.flows.steps.contact import (
     quiet_deferrals,
     to_customer,
 )
-from collectflow.flows.steps.escalate import queue_cases
 from collectflow.models import (
     Case,
     Customer,
@@ -948,13 +949,12 @@ def _items_owed(as_of: date, disputed: bool) -> Exists:
 
 def _settled(as_of: date) -> ColumnElement[Any]:
     """Succeeded payments less refunds on the (correlated) invoice, up to `as_of`."""
-    signed = case((PAYMENTS.c.status == "refunded", -PAYMENTS.c.amount), else_=PAYMENTS.c.amount)
     return (
-        select(func.coalesce(func.sum(signed), 0))
+        select(settled_amount())
         .where(
             PAYMENTS.c.invoice_id == INVOICES.c.invoice_id,
             PAYMENTS.c.attempted_on <= as_of,
-            PAYMENTS.c.status.in_(("succeeded", "refunded")),
+            settling(),
         )
         .scalar_subquery()
     )

@@ -47,7 +47,7 @@ from sqlalchemy.sql.expression import ColumnElement
 from collectflow.flows.cases.events import json_detail, record_events
 from collectflow.flows.cases.lifecycle import ACTIVE, DISPUTED, transition
 from collectflow.flows.cases.queue import queue_cases
-from collectflow.flows.ledger.balances import ZERO
+from collectflow.flows.ledger.balances import settled_amount
 from collectflow.flows.ledger.failures import failure_class_sql
 from collectflow.flows.mail.outbox import move
 from collectflow.flows.policy.diagnosis import CAUSES
@@ -384,15 +384,7 @@ def overpaid_invoices(policy: Policy, as_of: date) -> Any:
         )
         .distinct()
     )
-    settled = func.coalesce(
-        func.sum(
-            case(
-                (PAYMENTS.c.status == "succeeded", PAYMENTS.c.amount),
-                (PAYMENTS.c.status == "refunded", -PAYMENTS.c.amount),
-            )
-        ),
-        ZERO,
-    )
+    settled = settled_amount()
     return (
         select(INVOICES.c.invoice_id, INVOICES.c.customer_id)
         .join(PAYMENTS, PAYMENTS.c.invoice_id == INVOICES.c.invoice_id)
