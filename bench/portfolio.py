@@ -3,8 +3,8 @@
     python bench/portfolio.py --customers 200000 --invoices 5 [--database-url URL] [--keep] [--json]
 
 Generates the demo ledger (flows/ledger/demo.py) into a temporary directory, imports it, then
-times assess, plan and render for today, each in its own transaction, and the peak memory of
-the process after each phase. The floor is what the same data costs without Collectflow's
+times assess, diagnose, plan and render for today, each in its own transaction, and the peak
+memory of the process after each phase. The floor is what the same data costs without Collectflow's
 decisions: (a) one bare SQL aggregate of what each customer owes, over the same invoices and
 payments, and (b) bare Jinja2 renders of as many simple messages as the run rendered. DESIGN.md
 asks for (assess + plan + render) within 3x of (a + b), and peak memory under 1 GiB.
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from
 
 RATIO_TARGET = 3.0
 MEMORY_TARGET_MIB = 1024.0
-PIPELINE = ("assess", "plan", "render")
+PIPELINE = ("assess", "diagnose", "plan", "render")
 FLOOR = ("floor_sql", "floor_jinja")
 
 FLOOR_SQL = """
@@ -107,12 +107,17 @@ def peak_rss_mib() -> float:
 
 def run(customers: int, invoices: int, database_url: str | None, workdir: Path) -> Result:
     """Generate, import, run one day, measure the floor; the database's tables are recreated."""
+    from collectflow.flows.cases.pauses import review_pauses
     from collectflow.flows.config import Settings
     from collectflow.flows.ledger.csv_import import import_ledger
     from collectflow.flows.ledger.demo import write_demo_ledger
+    from collectflow.flows.measure.experiments import assign_stage_experiments
     from collectflow.flows.policy.document import load_policy
     from collectflow.flows.steps.assess import assess
+    from collectflow.flows.steps.contact import contact
+    from collectflow.flows.steps.diagnose import diagnose
     from collectflow.flows.steps.plan import plan
+    from collectflow.flows.steps.prepare import prepare
     from collectflow.flows.steps.render import TemplateCatalog, render_planned
     from collectflow.models import drop_db, init_db, make_engine
 
@@ -131,8 +136,14 @@ def run(customers: int, invoices: int, database_url: str | None, workdir: Path) 
             import_ledger(engine, workdir / "ledger", settings)
         with result.phase("assess"), engine.begin() as conn:
             result.counts["segments"] = assess(conn, policy, as_of).segments
-        with result.phase("plan"), engine.begin() as conn:
+        with result.phase("diagnose"), engine.begin() as conn:
+            result.counts["diagnose"] = asdict(diagnose(conn, policy, as_of))
+        with result.phase("plan"), engine.begin() as conn:  # with what run_day runs around it
+            prepare(conn, policy, as_of)
+            review_pauses(conn, policy, as_of)
             result.counts["plan"] = asdict(plan(conn, policy, as_of))
+            contact(conn, policy, as_of)
+            assign_stage_experiments(conn, policy, as_of)
         with result.phase("render"):
             catalog = TemplateCatalog(settings.templates, policy.templates() | {"escalation"})
             with engine.begin() as conn:

@@ -28,12 +28,12 @@ from sqlalchemy import Connection, and_, exists, func, insert, literal, not_, or
 from collectflow.flows.config import Settings, get_settings
 from collectflow.flows.ledger.balances import refresh_balances
 from collectflow.flows.mail.compose import mime_parts, sender_domain
+from collectflow.flows.mail.outbox import plan_messages
 from collectflow.flows.measure.experiments import Arms, record_assignments
 from collectflow.flows.pipeline import business_today
 from collectflow.flows.policy.document import Policy, load_policy
 from collectflow.flows.steps.contact import apply_contact_rules
 from collectflow.flows.steps.deliver import deliver_due
-from collectflow.flows.steps.plan import MESSAGE_COLUMNS
 from collectflow.flows.steps.render import INTERNAL_TEMPLATES, TemplateCatalog, render_planned
 from collectflow.models import (
     Case,
@@ -44,7 +44,6 @@ from collectflow.models import (
     MessageItem,
     days_between,
     init_db,
-    insert_ignoring_conflicts,
     make_engine,
 )
 
@@ -193,10 +192,7 @@ def plan_campaign(conn: Connection, policy: Policy, spec: CampaignSpec, as_of: d
         )
         .where(*audience_filter(spec.audience, owed, as_of))
     )
-    statement = insert_ignoring_conflicts(
-        conn.dialect.name, MESSAGES, ["key"], MESSAGE_COLUMNS, source
-    ).returning(MESSAGES.c.id)
-    planned = len(conn.execute(statement).all())
+    planned = plan_messages(conn, source)
     add_campaign_items(conn, spec, as_of)
     if spec.arms is not None:
         rows = conn.execute(

@@ -10,6 +10,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic_core import to_jsonable_python
 
+from collectflow.flows.alerts import OperatorAlerts
 from collectflow.flows.cases.casebook import QUEUE_ARTIFACT_COLUMNS, operator_queue
 from collectflow.flows.config import get_settings
 from collectflow.flows.pipeline import RunContext, business_today, open_run, run_day
@@ -42,7 +43,7 @@ def daily_collections(
     day = as_of or business_today(settings)
     with open_run(settings, dry_run=dry_run) as ctx:
         summary = run_day(ctx, day, skip_delivery=skip_delivery, call=as_task)
-        alert_operators(ctx.engine, ctx.settings, ctx.policy, day, ctx.dry_run)
+        alert_operators(ctx.engine, ctx.policy, day, OperatorAlerts(settings), ctx.dry_run)
         publish_queue(ctx, day)
     publish_summary([summary])
     return summary.to_dict()
@@ -63,7 +64,7 @@ def collections_range(
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
     with open_run(settings, dry_run=dry_run) as ctx:
         summaries = [run_day_task(ctx, day, skip_delivery) for day in days]
-        alert_operators(ctx.engine, ctx.settings, ctx.policy, end, ctx.dry_run)
+        alert_operators(ctx.engine, ctx.policy, end, OperatorAlerts(settings), ctx.dry_run)
         publish_queue(ctx, end)
     publish_summary(summaries)
     return [summary.to_dict() for summary in summaries]

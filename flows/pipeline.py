@@ -1,8 +1,11 @@
 """One business day of collections, step by step, as plain functions over a run context.
 
-The daily Prefect flow and the catch-up range flow both run `run_day`; the daily flow wraps
-each step in a Prefect task (visible in the UI), the range flow runs a whole day as one task
-so that replaying a year stays well under Prefect's comfortable task-run volume.
+`run_day` is the whole pipeline on one screen: each line one step, each step a module of
+flows/steps/ (or, for pauses and experiments, of cases/ and measure/) called through a thin
+`*_step` function that opens the step's transaction. The daily Prefect flow and the catch-up
+range flow both run it; the daily flow wraps each step in a Prefect task (visible in the UI),
+the range flow runs a whole day as one task so that replaying a year stays well under
+Prefect's comfortable task-run volume.
 
 A dry run does everything but deliver inside one database transaction that is rolled back at
 the end: it decides and renders for real, and stores nothing.
@@ -20,14 +23,19 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from collectflow.flows.cases.handoffs import HandoffReport, deliver_handoffs
+from collectflow.flows.cases.pauses import review_pauses
 from collectflow.flows.config import Settings
 from collectflow.flows.mail.compose import sender_domain
+from collectflow.flows.measure.experiments import assign_stage_experiments
 from collectflow.flows.policy.document import Policy, load_policy
 from collectflow.flows.steps.assess import AssessReport, assess
+from collectflow.flows.steps.contact import ContactReport, contact
 from collectflow.flows.steps.deliver import DeliveryReport, deliver_due
+from collectflow.flows.steps.diagnose import DiagnosisReport, diagnose
 from collectflow.flows.steps.escalate import EscalationReport, escalate
 from collectflow.flows.steps.outcomes import OutcomeReport, record_outcomes
 from collectflow.flows.steps.plan import PlanReport, plan
+from collectflow.flows.steps.prepare import prepare
 from collectflow.flows.steps.render import TemplateCatalog, load_catalog, render_planned
 from collectflow.flows.steps.summary import DaySummary, skipped_day, summarize_day
 from collectflow.models import Message, RunRecord, init_db, make_engine
@@ -108,8 +116,13 @@ def run_day(
     if latest is not None and as_of < latest:
         return skipped_day(as_of, latest, ctx.dry_run)
     first_new_id = call(next_message_id, ctx)
+    call(prepare_step, ctx, as_of)
     assessed = call(assess_step, ctx, as_of)
+    call(diagnose_step, ctx, as_of)
+    call(pauses_step, ctx, as_of)
     planned = call(plan_step, ctx, as_of)
+    call(contact_step, ctx, as_of)
+    call(experiments_step, ctx, as_of)
     escalated = call(escalate_step, ctx, as_of)
     if not ctx.dry_run:
         call(handoff_step, ctx, as_of)
@@ -163,16 +176,46 @@ def next_message_id(ctx: RunContext) -> int:
         return conn.execute(select(func.coalesce(func.max(MESSAGES.c.id), 0))).scalar_one() + 1
 
 
+def prepare_step(ctx: RunContext, as_of: date) -> None:
+    """The policy's ladders and the business calendar, as tables the steps join on."""
+    with ctx.connection() as conn:
+        prepare(conn, ctx.policy, as_of)
+
+
 def assess_step(ctx: RunContext, as_of: date) -> AssessReport:
     """Balances, behaviour features and segments as of the date."""
     with ctx.connection() as conn:
         return assess(conn, ctx.policy, as_of)
 
 
+def diagnose_step(ctx: RunContext, as_of: date) -> DiagnosisReport:
+    """Gateway outages, the cause of each owed invoice, refunds due."""
+    with ctx.connection() as conn:
+        return diagnose(conn, ctx.policy, as_of)
+
+
+def pauses_step(ctx: RunContext, as_of: date) -> dict[str, int]:
+    """Promises kept or broken, pauses that ended: cases resume or wait before plan."""
+    with ctx.connection() as conn:
+        return review_pauses(conn, ctx.policy, as_of)
+
+
 def plan_step(ctx: RunContext, as_of: date) -> PlanReport:
-    """Open and close cases; plan the stage due for each open case."""
+    """Open and close cases; plan the stage due for each open case, with its cause's template."""
     with ctx.connection() as conn:
         return plan(conn, ctx.policy, as_of)
+
+
+def contact_step(ctx: RunContext, as_of: date) -> ContactReport:
+    """Hold today's messages to customers not to be written to; set the sending windows."""
+    with ctx.connection() as conn:
+        return contact(conn, ctx.policy, as_of)
+
+
+def experiments_step(ctx: RunContext, as_of: date) -> int:
+    """Assign today's messages of experimenting stages to a variant or the holdout."""
+    with ctx.connection() as conn:
+        return assign_stage_experiments(conn, ctx.policy, as_of)
 
 
 def escalate_step(ctx: RunContext, as_of: date) -> EscalationReport:

@@ -10,6 +10,7 @@ from collectflow.models.sql import (
     month_of,
 )
 from collectflow.models.tables import (
+    PLANNED_MESSAGE_COLUMNS,
     BusinessDay,
     Case,
     CaseEvent,
@@ -36,6 +37,7 @@ from collectflow.models.tables import (
 )
 
 __all__ = [
+    "PLANNED_MESSAGE_COLUMNS",
     "BusinessDay",
     "Case",
     "CaseEvent",

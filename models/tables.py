@@ -97,6 +97,11 @@ class InvoiceBalance(SQLModel, table=True):
     currency: str = Field(max_length=3)
     owed: Decimal = Field(sa_column=money_column())
     remindable: bool = Field(description="owed and not disputed: reminders may ask for it")
+    cause: str | None = Field(
+        default=None,
+        max_length=32,
+        description="why unpaid, set by diagnose; NULL: no failed attempt lately (no_attempt)",
+    )
 
 
 class CustomerFeatures(SQLModel, table=True):
@@ -226,6 +231,21 @@ class Message(SQLModel, table=True):
     lease_until: datetime | None = Field(
         default=None, sa_column=instant_column(), description="the claim is void after this"
     )
+
+
+PLANNED_MESSAGE_COLUMNS = (
+    "key",
+    "case_id",
+    "customer_id",
+    "kind",
+    "stage",
+    "stage_index",
+    "template",
+    "locale",
+    "to_address",
+    "planned_on",
+    "status",
+)  # what planning a message sets, in this order; render and deliver fill the rest
 
 
 class MessageContent(SQLModel, table=True):

@@ -30,7 +30,8 @@ from prefect.artifacts import Artifact
 from sqlalchemy import Connection, Engine, insert, select, update
 from typer.testing import CliRunner
 
-from collectflow.flows.cli.app import app, out
+from collectflow.flows.cli.app import app
+from collectflow.flows.cli.options import out
 from collectflow.flows.config import Settings
 from collectflow.flows.evaluate import evaluate
 from collectflow.flows.measure.metrics import (

@@ -16,7 +16,8 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, literal, select, update
+from sqlalchemy import Connection, Select, and_, func, insert, literal, select, update
+from sqlalchemy.sql.expression import ColumnElement
 
 from collectflow.flows.cases.events import json_detail, record_events
 from collectflow.flows.errors import CollectflowError
@@ -71,6 +72,28 @@ def queue_cases(conn: Connection, cases: Select[Any], reason: str, as_of: date) 
         as_of,
     )
     return queued
+
+
+def queue_invoices(
+    conn: Connection,
+    reason: str,
+    customer_id: ColumnElement[Any],
+    invoice_id: ColumnElement[Any],
+    where: ColumnElement[bool],
+    as_of: date,
+) -> int:
+    """Queue one item per invoice selected by `where`, with no case (detail = invoice id);
+    returns how many. For matters of an invoice rather than a case: a refund due, a dispute
+    of a customer with no open case."""
+    source = select(
+        literal(None, QUEUE.c.case_id.type),
+        customer_id,
+        literal(reason),
+        invoice_id,
+        literal(as_of, QUEUE.c.created_on.type),
+    ).where(where)
+    columns = ["case_id", "customer_id", "reason", "detail", "created_on"]
+    return conn.execute(insert(QUEUE).from_select(columns, source)).rowcount
 
 
 def reopen_item(conn: Connection, case_id: int, reason: str, as_of: date) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Insert,
+    Select,
     String,
     Update,
     bindparam,
@@ -32,7 +33,13 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import ColumnElement
 
 from collectflow.flows.errors import CollectflowError
-from collectflow.models import Message, MessageEvent, in_ids
+from collectflow.models import (
+    PLANNED_MESSAGE_COLUMNS,
+    Message,
+    MessageEvent,
+    in_ids,
+    insert_ignoring_conflicts,
+)
 
 MESSAGES = Message.__table__
 EVENTS = MessageEvent.__table__
@@ -45,6 +52,18 @@ FAILED = "failed"
 BOUNCED = "bounced"
 SUPPRESSED = "suppressed"
 IN_DOUBT = "unknown"
+
+
+def plan_messages(conn: Connection, source: Select[Any], extra: Sequence[str] = ()) -> int:
+    """Enter the messages `source` selects into the outbox as `planned`; returns how many.
+
+    The one way a message is born: `source` yields the `PLANNED_MESSAGE_COLUMNS` in order
+    (then the `extra` columns), and a key already in the outbox is skipped, so planning the
+    same stage, apology or campaign twice plans it once.
+    """
+    columns = [*PLANNED_MESSAGE_COLUMNS, *extra]
+    statement = insert_ignoring_conflicts(conn.dialect.name, MESSAGES, ["key"], columns, source)
+    return conn.execute(statement).rowcount
 
 
 def move(

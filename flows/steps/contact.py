@@ -1,6 +1,10 @@
 """Contact rules: who may be written to, when, and how often. They apply to every message
 to a customer, whatever its kind (reminder, campaign, ...); internal mail to staff is exempt.
 
+As a step of the day (`contact`, after plan) it suppresses today's reminders to customers who
+must not or need not be written to (`do_not_contact`, no email, autopay with no failed charge)
+and applies the rules below; campaigns apply the rules to their own messages.
+
 - Opt-outs and bounced addresses live in `contact_blocks`, apart from the ledger's
   `do_not_contact`, so importing customers again never lifts an opt-out.
 - Quiet hours: plan gives each message a `not_before` instant, the start of the day's sending
@@ -12,11 +16,24 @@ to a customer, whatever its kind (reminder, campaign, ...); internal mail to sta
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, and_, case, exists, func, literal, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import ColumnElement
 
@@ -24,16 +41,35 @@ from collectflow.flows.errors import CollectflowError
 from collectflow.flows.mail.outbox import move
 from collectflow.flows.policy.contact import Cap, QuietHours
 from collectflow.flows.policy.document import Policy
-from collectflow.models import ContactBlock, Customer, Message
+from collectflow.models import ContactBlock, Customer, Message, MessageItem, Payment
 
 MESSAGES = Message.__table__
 CUSTOMERS = Customer.__table__
 BLOCKS = ContactBlock.__table__
+ITEMS = MessageItem.__table__
+PAYMENTS = Payment.__table__
 
 INTERNAL = "internal"
 OPTED_OUT = "opted_out"
 BOUNCED = "bounced"
 KEY = ["scope", "value"]
+
+
+@dataclass(frozen=True)
+class ContactReport:
+    """Today's messages suppressed: to customers not to be written to (`uncontactable`:
+    do-not-contact, no email, autopay pending), and by an opt-out or a bounced address."""
+
+    uncontactable: int
+    blocked: int
+
+
+def contact(conn: Connection, policy: Policy, as_of: date) -> ContactReport:
+    """The contact step: who of today's planned messages may be written to, and from when."""
+    return ContactReport(
+        uncontactable=suppress_uncontactable(conn, as_of),
+        blocked=apply_contact_rules(conn, policy, as_of),
+    )
 
 
 def to_customer() -> ColumnElement[bool]:
@@ -82,7 +118,7 @@ def block(
 
 
 def apply_contact_rules(conn: Connection, policy: Policy, as_of: date) -> int:
-    """Plan hook: suppress today's messages to opted-out customers or bounced addresses, and
+    """Suppress today's messages to opted-out customers or bounced addresses, and
     give the rest a `not_before` at the start of today's window in the customer's timezone.
 
     Returns how many were suppressed. Set-based: one UPDATE per rule, and one with a CASE
@@ -224,3 +260,29 @@ def record_opt_out(
                 raise CollectflowError(f"no customer {customer_id!r} in the ledger")
             return block(conn, "customer", [customer_id], OPTED_OUT, detail, datetime.now(UTC))
         return block(conn, "address", [str(address)], OPTED_OUT, detail, datetime.now(UTC))
+
+
+def suppress_uncontactable(conn: Connection, as_of: date) -> int:
+    """Suppress today's reminders to customers who must not or need not be written to.
+
+    The stage still counts as done, so an uncontactable case walks its ladder silently and
+    reaches the operator queue instead of waiting forever.
+    """
+    charge_failed = exists().where(
+        ITEMS.c.message_id == MESSAGES.c.id,
+        PAYMENTS.c.invoice_id == ITEMS.c.invoice_id,
+        PAYMENTS.c.status == "failed",
+        PAYMENTS.c.attempted_on <= as_of,
+    )
+    reason = case(
+        (CUSTOMERS.c.do_not_contact, "do_not_contact"),
+        (func.trim(CUSTOMERS.c.email) == "", "no_email"),
+        (and_(CUSTOMERS.c.autopay, not_(charge_failed)), "autopay_pending"),
+    )
+    todays = and_(
+        MESSAGES.c.customer_id == CUSTOMERS.c.customer_id,
+        MESSAGES.c.planned_on == as_of,
+        MESSAGES.c.kind == "reminder",
+        reason.is_not(None),
+    )
+    return len(move(conn, todays, "planned", "suppressed", reason, datetime.now(UTC)))

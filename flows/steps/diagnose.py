@@ -1,7 +1,9 @@
-"""Step 2, diagnose: why each planned reminder's invoices are unpaid, and what that changes.
+"""Step 2, diagnose: why each owed invoice is unpaid, and what that changes in the day's plan.
 
-Plan calls `diagnose_planned` once the day's messages and their items exist. Each item gets a
-cause from the latest failed payment attempt on its invoice within `diagnosis.lookback_days`:
+`diagnose` runs between assess and plan. It brings gateway outages up to date (steps/outage.py),
+gives each owed invoice with a failed attempt in the last `diagnosis.lookback_days` its cause
+(`invoice_balances.cause`; none means `no_attempt`), and queues refunds of overpaid invoices.
+The cause comes from the latest failed payment attempt on the invoice:
 
 - `order_issue`: the attempt failed for an order reason (e.g. product not received). It
   becomes a dispute that waits for a person: a `disputes` row naming the code and attempt
@@ -15,16 +17,18 @@ cause from the latest failed payment attempt on its invoice within `diagnosis.lo
 - `payment_failed_technical` / `payment_failed_customer`: the failure class of its code.
 - `no_attempt`: no failed attempt: the ladder's own message.
 
-A message takes the first cause its items have in `CAUSES` order (the least blaming wins, so
-nobody reads "you have not paid" about a payment we failed to take) and that cause's template
-from `diagnosis.templates`; `no_attempt` keeps the ladder's. Overpaid invoices go to the queue
-for a refund (`refund_due`); they never reach a reminder, since only owing invoices have
-balances. Disputed invoices of customers with no open case are queued too (`disputed`), so
-nobody whose only debt is disputed is forgotten. Everything is set-based SQL.
+Plan lists each message's invoices with their causes, then calls `follow_causes`: a message
+takes the first cause its items have in `CAUSES` order (the least blaming wins, so nobody reads
+"you have not paid" about a payment we failed to take) and that cause's template from
+`diagnosis.templates` (`no_attempt` keeps the ladder's); order issues become disputes; a
+reminder during an outage is held, and each closed outage plans its apology. Overpaid invoices
+go to the queue for a refund (`refund_due`); they never reach a reminder, since only owing
+invoices have balances. Everything is set-based SQL.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -46,7 +50,7 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from collectflow.flows.cases.events import json_detail, record_events
 from collectflow.flows.cases.lifecycle import ACTIVE, DISPUTED, transition
-from collectflow.flows.cases.queue import queue_cases
+from collectflow.flows.cases.queue import queue_cases, queue_invoices
 from collectflow.flows.ledger.balances import settled_amount
 from collectflow.flows.ledger.failures import failure_class_sql
 from collectflow.flows.mail.outbox import move
@@ -76,13 +80,57 @@ OUTAGES = OutageWindow.__table__
 QUEUE = QueueItem.__table__
 
 
-def diagnose_planned(conn: Connection, policy: Policy, as_of: date) -> None:
-    """Diagnose today's planned reminders and act on the causes (see the module docstring)."""
-    detect_outages(conn, policy.outage, as_of)
+@dataclass(frozen=True)
+class DiagnosisReport:
+    """What diagnose found: outage windows opened and closed today, owed invoices given a cause
+    from a recent failed attempt, and overpaid invoices queued for a refund."""
+
+    outages_opened: int
+    outages_closed: int
+    diagnosed: int
+    refunds_queued: int
+
+
+def diagnose(conn: Connection, policy: Policy, as_of: date) -> DiagnosisReport:
+    """Step 2: outages as of the date, the cause of each owed invoice, refunds due."""
+    opened, closed = detect_outages(conn, policy.outage, as_of)
+    return DiagnosisReport(
+        outages_opened=opened,
+        outages_closed=closed,
+        diagnosed=diagnose_balances(conn, policy, as_of),
+        refunds_queued=queue_refunds(conn, policy, as_of),
+    )
+
+
+def diagnose_balances(conn: Connection, policy: Policy, as_of: date) -> int:
+    """Give each owed invoice with a failed attempt in the lookback its cause; returns how many.
+
+    Only those need the (correlated) look at their latest attempt: every other invoice is
+    `no_attempt`, which plan reads from an empty cause.
+    """
+    since = as_of - timedelta(days=policy.diagnosis.lookback_days)
+    recently_failed = select(PAYMENTS.c.invoice_id).where(
+        PAYMENTS.c.status == "failed",
+        PAYMENTS.c.attempted_on > since,
+        PAYMENTS.c.attempted_on <= as_of,
+    )
+    return conn.execute(
+        update(BALANCES)
+        .where(BALANCES.c.invoice_id.in_(recently_failed))
+        .values(cause=item_cause(policy, as_of, BALANCES.c.invoice_id))
+    ).rowcount
+
+
+def follow_causes(conn: Connection, policy: Policy, as_of: date) -> None:
+    """What the causes change in today's plan, once plan has listed each message's invoices.
+
+    Each of today's reminders takes its cause and that cause's template; order issues become
+    disputes that wait for a person; a reminder whose invoice failed inside an open outage is
+    held (`gateway_outage`); each outage closed since the last run plans its apologies.
+    """
     todays = and_(
         MESSAGES.c.planned_on == as_of, MESSAGES.c.kind == "reminder", MESSAGES.c.cause.is_(None)
     )
-    diagnose_items(conn, policy, as_of, select(MESSAGES.c.id).where(todays))
     set_message_causes(conn, policy, as_of, todays)
     pause_order_issues(conn, policy, as_of)
     during_outage = and_(
@@ -92,8 +140,6 @@ def diagnose_planned(conn: Connection, policy: Policy, as_of: date) -> None:
     )
     move(conn, during_outage, "planned", "suppressed", "gateway_outage", datetime.now(UTC))
     plan_apologies(conn, policy, as_of)
-    queue_refunds(conn, policy, as_of)
-    queue_uncased_disputes(conn, as_of)
 
 
 def latest_failure(
@@ -151,15 +197,6 @@ def item_cause(policy: Policy, as_of: date, invoice_id: ColumnElement[Any]) -> C
         (or_(in_window, latest_class == "technical"), "payment_failed_technical"),
         else_="payment_failed_customer",
     )
-
-
-def diagnose_items(conn: Connection, policy: Policy, as_of: date, messages: Any) -> int:
-    """Set the cause on every item of the selected messages."""
-    return conn.execute(
-        update(ITEMS)
-        .where(ITEMS.c.message_id.in_(messages), ITEMS.c.cause.is_(None))
-        .values(cause=item_cause(policy, as_of, ITEMS.c.invoice_id))
-    ).rowcount
 
 
 def set_message_causes(
@@ -315,62 +352,6 @@ def _pause_cases_with_nothing_else(conn: Connection, cases: Any, as_of: date) ->
     )
 
 
-def queue_uncased_disputes(conn: Connection, as_of: date) -> int:
-    """Queue each disputed invoice (ledger status `disputed`, money owed) of a customer with
-    no open case, once per invoice (reason `disputed`, detail = invoice id, no case).
-
-    Customers with an open case are queued per case by escalate (`queue_disputes`); without
-    this, a customer whose only debt is disputed would never reach a person. Such an item is
-    done once its invoice is no longer disputed and owing, or once the customer has an open
-    case (whose own `disputed` item takes over).
-    """
-    disputed = select(BALANCES.c.invoice_id).where(BALANCES.c.remindable.is_(False))
-    uncased = QUEUE.c.case_id.is_(None)
-    cased = select(CASES.c.customer_id).where(CASES.c.closed_on.is_(None))
-    conn.execute(
-        update(QUEUE)
-        .where(uncased, QUEUE.c.reason == "disputed", QUEUE.c.resolved_on.is_(None))
-        .where(or_(QUEUE.c.detail.not_in(disputed), QUEUE.c.customer_id.in_(cased)))
-        .values(resolved_on=as_of)
-    )
-    already = exists().where(
-        uncased,
-        QUEUE.c.reason == "disputed",
-        QUEUE.c.detail == BALANCES.c.invoice_id,
-        QUEUE.c.resolved_on.is_(None),
-    )
-    new = and_(BALANCES.c.remindable.is_(False), BALANCES.c.customer_id.not_in(cased))
-    return _queue_invoices(
-        conn,
-        "disputed",
-        BALANCES.c.customer_id,
-        BALANCES.c.invoice_id,
-        and_(new, not_(already)),
-        as_of,
-    )
-
-
-def _queue_invoices(
-    conn: Connection,
-    reason: str,
-    customer_id: ColumnElement[Any],
-    invoice_id: ColumnElement[Any],
-    where: ColumnElement[bool],
-    as_of: date,
-) -> int:
-    """Queue one item per invoice selected by `where`, with no case (detail = invoice id);
-    returns how many."""
-    source = select(
-        literal(None, QUEUE.c.case_id.type),
-        customer_id,
-        literal(reason),
-        invoice_id,
-        literal(as_of, QUEUE.c.created_on.type),
-    ).where(where)
-    columns = ["case_id", "customer_id", "reason", "detail", "created_on"]
-    return conn.execute(insert(QUEUE).from_select(columns, source)).rowcount
-
-
 def overpaid_invoices(policy: Policy, as_of: date) -> Any:
     """Invoices paid more than their amount (twice, or over), among those with a succeeded
     payment in the lookback window: (invoice id, customer id, amount over)."""
@@ -410,6 +391,6 @@ def queue_refunds(conn: Connection, policy: Policy, as_of: date) -> int:
         QUEUE.c.customer_id == over.c.customer_id,
         QUEUE.c.detail == over.c.invoice_id,
     )
-    return _queue_invoices(
+    return queue_invoices(
         conn, "refund_due", over.c.customer_id, over.c.invoice_id, not_(already), as_of
     )

@@ -4,7 +4,8 @@ Per ladder, the policy lists the steps: `operator_queue` (a queue item with the 
 `account_manager` (an internal email with the case summary, when the customer has one), then
 `suspension`, `agency` and `write_off` (flows/cases/handoffs.py).
 Disputed invoices also put their case in the queue, since a dispute needs a person, not a
-reminder. Each step happens once per case: queue items and messages have unique keys.
+reminder; those of a customer with no open case are queued per invoice. Each step happens
+once per case: queue items and messages have unique keys.
 """
 
 from __future__ import annotations
@@ -21,23 +22,26 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    not_,
+    or_,
     select,
+    update,
 )
 
 from collectflow.flows.cases.events import record_events
 from collectflow.flows.cases.handoffs import run_later_steps
 from collectflow.flows.cases.lifecycle import ACTIVE, ESCALATED, transition
-from collectflow.flows.cases.queue import queue_cases
+from collectflow.flows.cases.queue import queue_cases, queue_invoices
+from collectflow.flows.mail.outbox import plan_messages
 from collectflow.flows.policy.document import Ladder, Policy
-from collectflow.flows.steps.plan import MESSAGE_COLUMNS
 from collectflow.models import (
     Case,
     Customer,
     InvoiceBalance,
     Message,
     MessageItem,
+    QueueItem,
     days_between,
-    insert_ignoring_conflicts,
 )
 
 CASES = Case.__table__
@@ -45,6 +49,7 @@ CUSTOMERS = Customer.__table__
 BALANCES = InvoiceBalance.__table__
 MESSAGES = Message.__table__
 ITEMS = MessageItem.__table__
+QUEUE = QueueItem.__table__
 
 OPEN = CASES.c.closed_on.is_(None)
 ESCALATION_TEMPLATE = "escalation"
@@ -62,7 +67,8 @@ class EscalationReport:
 
 
 def escalate(conn: Connection, policy: Policy, as_of: date) -> EscalationReport:
-    """Escalate cases past their ladder's end and grace period; queue disputed cases."""
+    """Escalate cases past their ladder's end and grace period; queue disputes."""
+    queue_uncased_disputes(conn, as_of)
     escalated = sum(
         escalate_ladder(conn, name, ladder, as_of) for name, ladder in policy.ladders.items()
     )
@@ -129,9 +135,7 @@ def plan_account_manager_emails(conn: Connection, as_of: date, ladders: list[str
         )
     )
     before = conn.execute(select(func.coalesce(func.max(MESSAGES.c.id), 0))).scalar_one()
-    planned = conn.execute(
-        insert_ignoring_conflicts(conn.dialect.name, MESSAGES, ["key"], MESSAGE_COLUMNS, source)
-    ).rowcount
+    planned = plan_messages(conn, source)
     items = select(
         MESSAGES.c.id, BALANCES.c.invoice_id, BALANCES.c.currency, BALANCES.c.owed
     ).where(
@@ -156,4 +160,39 @@ def queue_disputes(conn: Connection, as_of: date) -> int:
     )
     return queue_cases(
         conn, select(CASES.c.id, CASES.c.customer_id).where(OPEN, disputed), "disputed", as_of
+    )
+
+
+def queue_uncased_disputes(conn: Connection, as_of: date) -> int:
+    """Queue each disputed invoice (ledger status `disputed`, money owed) of a customer with
+    no open case, once per invoice (reason `disputed`, detail = invoice id, no case).
+
+    Customers with an open case are queued per case by escalate (`queue_disputes`); without
+    this, a customer whose only debt is disputed would never reach a person. Such an item is
+    done once its invoice is no longer disputed and owing, or once the customer has an open
+    case (whose own `disputed` item takes over).
+    """
+    disputed = select(BALANCES.c.invoice_id).where(BALANCES.c.remindable.is_(False))
+    uncased = QUEUE.c.case_id.is_(None)
+    cased = select(CASES.c.customer_id).where(CASES.c.closed_on.is_(None))
+    conn.execute(
+        update(QUEUE)
+        .where(uncased, QUEUE.c.reason == "disputed", QUEUE.c.resolved_on.is_(None))
+        .where(or_(QUEUE.c.detail.not_in(disputed), QUEUE.c.customer_id.in_(cased)))
+        .values(resolved_on=as_of)
+    )
+    already = exists().where(
+        uncased,
+        QUEUE.c.reason == "disputed",
+        QUEUE.c.detail == BALANCES.c.invoice_id,
+        QUEUE.c.resolved_on.is_(None),
+    )
+    new = and_(BALANCES.c.remindable.is_(False), BALANCES.c.customer_id.not_in(cased))
+    return queue_invoices(
+        conn,
+        "disputed",
+        BALANCES.c.customer_id,
+        BALANCES.c.invoice_id,
+        and_(new, not_(already)),
+        as_of,
     )

@@ -5,26 +5,22 @@ over the `outage.baseline_days` before it (thresholds and minimum volume in the 
 flows/policy/diagnosis.py `Outage`). An outage day with no open window opens one; the first
 day back to normal closes it (it ended the day before). While a window is open, reminders
 whose invoice last failed inside it are suppressed (`gateway_outage`, see flows/steps/diagnose.py);
-operators are alerted once per window (a Prefect markdown artifact, and an email to
-`outage.ops_email` through the configured outbox); when it closes, each affected open case gets
+operators are alerted once per window through the `Notifier` the caller gives (the Prefect
+flows give one that publishes a markdown artifact and emails `outage.ops_email`, flows/alerts.py);
+when it closes, each affected open case gets
 one "please retry, sorry for the trouble" message (template `diagnosis.templates.outage`), which
 replaces any other reminder of that case planned the same day.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, date, datetime, timedelta
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, String, and_, cast, func, insert, literal, select, update
 
 from collectflow.flows.cases.events import record_events
-from collectflow.flows.config import Settings
-from collectflow.flows.mail.compose import Email, one_line, sender_domain
-from collectflow.flows.mail.outbox import move
+from collectflow.flows.mail.outbox import move, plan_messages
 from collectflow.flows.policy.diagnosis import Outage
 from collectflow.flows.policy.document import Policy
 from collectflow.models import (
@@ -35,7 +31,6 @@ from collectflow.models import (
     MessageItem,
     OutageWindow,
     Payment,
-    insert_ignoring_conflicts,
 )
 
 CASES = Case.__table__
@@ -47,10 +42,13 @@ OUTAGES = OutageWindow.__table__
 PAYMENTS = Payment.__table__
 
 APOLOGY_STAGE = "outage_apology"
-APOLOGY_COLUMNS = [
-    "key", "case_id", "customer_id", "kind", "stage", "stage_index", "template", "locale",
-    "to_address", "planned_on", "status", "cause",
-]  # fmt: skip
+
+
+class Notifier(Protocol):
+    """Tells operators something needs their attention (an artifact, an email, a chat post)."""
+
+    def alert(self, key: str, title: str, markdown: str, to: str | None) -> None:
+        """Publish `markdown` under `key` and, when `to` is set, mail it there as `title`."""
 
 
 def gateway_rates(conn: Connection, outage: Outage, as_of: date) -> list[Any]:
@@ -180,9 +178,7 @@ def _apologise(conn: Connection, policy: Policy, window: Any, as_of: date) -> in
         .where(affected)
     )
     before = conn.execute(select(func.coalesce(func.max(MESSAGES.c.id), 0))).scalar_one()
-    planned = conn.execute(
-        insert_ignoring_conflicts(conn.dialect.name, MESSAGES, ["key"], APOLOGY_COLUMNS, source)
-    ).rowcount
+    planned = plan_messages(conn, source, extra=["cause"])
     apologies = and_(MESSAGES.c.id > before, MESSAGES.c.stage == APOLOGY_STAGE)
     owed = (BALANCES.c.invoice_id, BALANCES.c.currency, BALANCES.c.owed)
     items = select(MESSAGES.c.id, *owed, literal("outage")).where(
@@ -232,12 +228,12 @@ def alert_markdown(windows: list[Any]) -> str:
 
 
 def alert_operators(
-    engine: Engine, settings: Settings, policy: Policy, as_of: date, dry_run: bool = False
+    engine: Engine, policy: Policy, as_of: date, notifier: Notifier, dry_run: bool = False
 ) -> int:
     """Alert operators once about each outage window not alerted yet; returns how many.
 
-    Publishes a Prefect markdown artifact and, when `outage.ops_email` is set, emails it
-    through the configured transport (SMTP, or the Maildir outbox). A dry run alerts nobody.
+    One alert for all such windows, to `outage.ops_email` when it is set. A dry run alerts
+    nobody.
     """
     if dry_run:
         return 0
@@ -247,48 +243,16 @@ def alert_operators(
         ).all()
         if not windows:
             return 0
-        markdown = alert_markdown(windows)
-        _publish(markdown)
-        if policy.outage.ops_email:
-            email = _alert_email(settings, policy.outage.ops_email, windows, markdown)
-            asyncio.run(_send(settings, email))
+        gateways = ", ".join(sorted({w.gateway for w in windows}))
+        notifier.alert(
+            "gateway-outage",
+            f"payment gateway outage ({gateways})",
+            alert_markdown(windows),
+            policy.outage.ops_email,
+        )
         conn.execute(
             update(OUTAGES)
             .where(OUTAGES.c.id.in_([w.id for w in windows]))
             .values(alerted_on=as_of)
         )
     return len(windows)
-
-
-def _publish(markdown: str) -> None:
-    from prefect.artifacts import create_markdown_artifact
-
-    create_markdown_artifact(
-        key="gateway-outage", markdown=markdown, description="Payment gateway outage"
-    )
-
-
-def _alert_email(settings: Settings, to: str, windows: list[Any], markdown: str) -> EmailMessage:
-    """The alert email. Gateway names come from the ledger, so the subject takes them as one
-    safe line."""
-    email = EmailMessage()
-    email["From"] = settings.smtp_from
-    email["To"] = to
-    gateways = one_line(", ".join(sorted({w.gateway for w in windows})))
-    email["Subject"] = f"Collectflow: payment gateway outage ({gateways})"
-    email["Date"] = format_datetime(datetime.now(UTC))
-    email["Message-ID"] = make_msgid("outage", sender_domain(settings))
-    email.set_content(markdown, charset="utf-8")
-    return email
-
-
-async def _send(settings: Settings, email: EmailMessage) -> None:
-    from collectflow.flows.steps.deliver import (
-        transport_for,  # deliver builds on plan, which builds on this
-    )
-
-    transport = transport_for(settings)
-    try:
-        await transport.send(Email.of(email))
-    finally:
-        await transport.close()

@@ -14,8 +14,7 @@ plans nothing twice. Everything here is set-based SQL; no per-customer Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Any
+from datetime import date
 
 from sqlalchemy import (
     Connection,
@@ -23,7 +22,6 @@ from sqlalchemy import (
     and_,
     case,
     cast,
-    delete,
     exists,
     func,
     insert,
@@ -38,14 +36,11 @@ from sqlalchemy.sql.expression import ColumnElement, Subquery
 from collectflow.flows.cases.events import json_detail, record_events
 from collectflow.flows.cases.lifecycle import ACTIVE, REMINDING, RESOLVED, transition
 from collectflow.flows.cases.lifecycle import OPEN as OPEN_STATE
-from collectflow.flows.cases.pauses import review_pauses
 from collectflow.flows.ledger.balances import refresh_statistics
-from collectflow.flows.ledger.calendar import days_elapsed, fill_calendar
-from collectflow.flows.mail.outbox import move
-from collectflow.flows.measure.experiments import assign_stage_experiments
+from collectflow.flows.ledger.calendar import days_elapsed
+from collectflow.flows.mail.outbox import plan_messages
 from collectflow.flows.policy.document import Policy
-from collectflow.flows.steps.contact import apply_contact_rules
-from collectflow.flows.steps.diagnose import diagnose_planned
+from collectflow.flows.steps.diagnose import follow_causes
 from collectflow.models import (
     Case,
     Customer,
@@ -53,9 +48,7 @@ from collectflow.models import (
     LadderStage,
     Message,
     MessageItem,
-    Payment,
     days_between,
-    insert_ignoring_conflicts,
 )
 
 CASES = Case.__table__
@@ -64,22 +57,8 @@ BALANCES = InvoiceBalance.__table__
 STAGES = LadderStage.__table__
 MESSAGES = Message.__table__
 ITEMS = MessageItem.__table__
-PAYMENTS = Payment.__table__
 
 OPEN = CASES.c.closed_on.is_(None)
-MESSAGE_COLUMNS = [
-    "key",
-    "case_id",
-    "customer_id",
-    "kind",
-    "stage",
-    "stage_index",
-    "template",
-    "locale",
-    "to_address",
-    "planned_on",
-    "status",
-]  # what planning a message sets; everything else is filled by render and deliver
 
 
 @dataclass(frozen=True)
@@ -93,10 +72,10 @@ class PlanReport:
 
 
 def plan(conn: Connection, policy: Policy, as_of: date) -> PlanReport:
-    """Bring cases up to date with the ledger as of `as_of` and plan the stages now due."""
-    sync_ladders(conn, policy)
-    fill_calendar(conn, policy, as_of)  # business days per country, for offsets that count them
-    review_pauses(conn, policy, as_of)
+    """Bring cases up to date with the ledger as of `as_of` and plan the stages now due.
+
+    Needs the day prepared (ladders and calendar, steps/prepare.py), assessed and diagnosed.
+    """
     resolved = resolve_settled_cases(conn, as_of)
     opened = open_cases(conn, policy, as_of)
     refresh_statistics(conn, "cases")  # PostgreSQL: the joins below need to know its new size
@@ -105,35 +84,9 @@ def plan(conn: Connection, policy: Policy, as_of: date) -> PlanReport:
     refresh_statistics(conn, "messages")
     add_message_items(conn, as_of)
     refresh_statistics(conn, "message_items")
-    diagnose_planned(conn, policy, as_of)  # cause and template of each message (step 2)
+    follow_causes(conn, policy, as_of)  # the cause's template, disputes, outages (diagnose.py)
     advance_cases(conn, as_of)
-    suppress_uncontactable(conn, as_of)
-    apply_contact_rules(conn, policy, as_of)  # opt-outs, bounces, quiet hours (contact.py)
-    assign_stage_experiments(conn, policy, as_of)  # variants and holdouts (experiments.py)
     return PlanReport(opened=opened, resolved=resolved, skipped_pre_due=skipped, planned=planned)
-
-
-def sync_ladders(conn: Connection, policy: Policy) -> None:
-    """Flatten the policy's ladders into `ladder_stages`, the table plan joins on."""
-    rows: list[dict[str, Any]] = []
-    for name, ladder in policy.ladders.items():
-        last = len(ladder.stages) - 1
-        rows.extend(
-            {
-                "ladder": name,
-                "stage_index": index,
-                "stage": stage.name,
-                "offset_days": stage.offset_days,
-                "template": stage.template,
-                "min_gap_days": ladder.min_gap_days,
-                "is_last": index == last,
-                "grace_days": ladder.escalation.grace_days,
-                "business_days": ladder.business_days,
-            }
-            for index, stage in enumerate(ladder.stages)
-        )
-    conn.execute(delete(STAGES))
-    conn.execute(insert(STAGES), rows)
 
 
 def first_offset_of(ladder: ColumnElement[str]) -> ColumnElement[int]:
@@ -270,14 +223,12 @@ def plan_next_stages(conn: Connection, as_of: date) -> int:
             gap_ok,
         )
     )
-    statement = insert_ignoring_conflicts(
-        conn.dialect.name, MESSAGES, ["key"], MESSAGE_COLUMNS, source
-    )
-    return conn.execute(statement).rowcount
+    return plan_messages(conn, source)
 
 
 def add_message_items(conn: Connection, as_of: date) -> None:
-    """List on each message planned today the invoices it asks for, with what is owed on each.
+    """List on each message planned today the invoices it asks for, with what is owed on each
+    and why it is unpaid (its diagnosed cause).
 
     A pre-due stage lists invoices falling due within its offset; later stages list every
     overdue remindable invoice of the customer.
@@ -285,7 +236,13 @@ def add_message_items(conn: Connection, as_of: date) -> None:
     reach = case((STAGES.c.offset_days <= 0, STAGES.c.offset_days), else_=1)
     has_items = exists().where(ITEMS.c.message_id == MESSAGES.c.id)
     source = (
-        select(MESSAGES.c.id, BALANCES.c.invoice_id, BALANCES.c.currency, BALANCES.c.owed)
+        select(
+            MESSAGES.c.id,
+            BALANCES.c.invoice_id,
+            BALANCES.c.currency,
+            BALANCES.c.owed,
+            func.coalesce(BALANCES.c.cause, "no_attempt"),
+        )
         .select_from(
             MESSAGES.join(CASES, CASES.c.id == MESSAGES.c.case_id)
             .join(
@@ -306,7 +263,7 @@ def add_message_items(conn: Connection, as_of: date) -> None:
         )
     )
     conn.execute(
-        insert(ITEMS).from_select(["message_id", "invoice_id", "currency", "owed"], source)
+        insert(ITEMS).from_select(["message_id", "invoice_id", "currency", "owed", "cause"], source)
     )
 
 
@@ -337,29 +294,3 @@ def advance_cases(conn: Connection, as_of: date) -> None:
     first_stage = and_(OPEN, CASES.c.status == OPEN_STATE, CASES.c.last_stage_on == as_of)
     reminding = select(CASES.c.id).where(first_stage)
     transition(conn, reminding, REMINDING, as_of, "reminding", why="first stage planned")
-
-
-def suppress_uncontactable(conn: Connection, as_of: date) -> int:
-    """Suppress today's reminders to customers who must not or need not be written to.
-
-    The stage still counts as done, so an uncontactable case walks its ladder silently and
-    reaches the operator queue instead of waiting forever.
-    """
-    charge_failed = exists().where(
-        ITEMS.c.message_id == MESSAGES.c.id,
-        PAYMENTS.c.invoice_id == ITEMS.c.invoice_id,
-        PAYMENTS.c.status == "failed",
-        PAYMENTS.c.attempted_on <= as_of,
-    )
-    reason = case(
-        (CUSTOMERS.c.do_not_contact, "do_not_contact"),
-        (func.trim(CUSTOMERS.c.email) == "", "no_email"),
-        (and_(CUSTOMERS.c.autopay, not_(charge_failed)), "autopay_pending"),
-    )
-    todays = and_(
-        MESSAGES.c.customer_id == CUSTOMERS.c.customer_id,
-        MESSAGES.c.planned_on == as_of,
-        MESSAGES.c.kind == "reminder",
-        reason.is_not(None),
-    )
-    return len(move(conn, todays, "planned", "suppressed", reason, datetime.now(UTC)))
