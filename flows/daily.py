@@ -13,6 +13,7 @@ from pydantic_core import to_jsonable_python
 from collectflow.flows.alerts import OperatorAlerts
 from collectflow.flows.cases.casebook import QUEUE_ARTIFACT_COLUMNS, operator_queue
 from collectflow.flows.config import get_settings
+from collectflow.flows.errors import BadUsage
 from collectflow.flows.pipeline import RunContext, business_today, open_run, run_day
 from collectflow.flows.steps.outage import alert_operators
 from collectflow.flows.steps.summary import DaySummary
@@ -59,7 +60,7 @@ def collections_range(
     it did, exactly as if the runs had happened on time.
     """
     if end < start:
-        raise ValueError(f"--to {end} is before --from {start}")
+        raise BadUsage(f"--to {end} is before --from {start}")
     settings = get_settings()
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
     with open_run(settings, dry_run=dry_run) as ctx:

@@ -1,6 +1,18 @@
-"""Collectflow's exceptions. Each says what went wrong in words a user can act on."""
+"""Collectflow's exceptions: one tree, each class saying when it is raised.
+
+Every error Collectflow raises on purpose is a `CollectflowError`; the CLI turns one into its
+message and exit code 2 (bad input), anything else into exit code 1. Messages are written for
+the person who must act on them: what was wrong, where, and what to do.
+
+`collectflow.models` sits below the engine and raises one exception of its own,
+`MoneyPrecisionError` (a ValueError), when an amount with more than four decimals reaches the
+database; the importer refuses such amounts first, with the file, line and field, so a user's
+mistake never surfaces as it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class CollectflowError(Exception):
@@ -8,7 +20,7 @@ class CollectflowError(Exception):
 
 
 class BadUsage(CollectflowError):
-    """Command-line options that don't go together (exit code 2, like any bad input)."""
+    """Command-line options or flow parameters that don't go together (exit code 2)."""
 
 
 class ConfigError(CollectflowError):
@@ -36,5 +48,53 @@ class ImportRejected(CollectflowError):
         super().__init__(f"{len(errors)} invalid row(s), nothing imported:\n{shown}{more}")
 
 
+class UnknownCustomer(CollectflowError):
+    """A command named a customer the ledger does not have (`segments --explain`)."""
+
+
+class UnknownCase(CollectflowError):
+    """A command or action named a case id that does not exist."""
+
+    def __init__(self, case_id: int):
+        super().__init__(f"no case with id {case_id} (see `collectflow queue`)")
+
+
+class TransitionRefused(CollectflowError):
+    """A case was asked to make a move its lifecycle does not allow; nothing was changed."""
+
+    def __init__(self, case_id: int, current: str, target: str, allowed: Iterable[str]):
+        self.case_id, self.current, self.target = case_id, current, target
+        may = ", ".join(sorted(allowed)) or "none: the case is closed"
+        super().__init__(
+            f"case {case_id}: cannot go from {current!r} to {target!r} (from {current!r} it "
+            f"may go to: {may})"
+        )
+
+
+class ConcurrentChange(CollectflowError):
+    """A case changed between reading and writing it (another operator or the daily run)."""
+
+
+class ActionRefused(CollectflowError):
+    """An operator action was refused because of its input; nothing was changed."""
+
+
+class ClaimRefused(CollectflowError):
+    """A queue item could not be claimed or completed: unknown, already resolved, someone
+    else's, or settled by an action rather than by hand."""
+
+
+class NotInDoubt(CollectflowError):
+    """The message named is not in doubt (`unknown`), so there is nothing to resolve."""
+
+
 class DeliveryError(CollectflowError):
-    """A message could not be handed to the mail transport."""
+    """A message could not be handed to the mail transport (an unusable address, a header
+    that cannot be written); the message fails with the reason, the delivery goes on."""
+
+
+class NotRendered(DeliveryError):
+    """A message claimed without a rendered body: not a state render leaves (it stores the
+    body with the subject), but a lost row must fail its message, not stop the delivery."""
+
+    reason = "not_rendered"

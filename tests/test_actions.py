@@ -29,11 +29,11 @@ from sqlalchemy import Engine, func, insert, literal, select
 from typer.testing import CliRunner
 
 from collectflow.flows import actions
-from collectflow.flows.cases.casework import ActionRefused
-from collectflow.flows.cases.lifecycle import TransitionRefused, UnknownCase, transition_case
-from collectflow.flows.cases.queue import ClaimRefused, claim_item, complete_item, queue_cases
+from collectflow.flows.cases.lifecycle import transition_case
+from collectflow.flows.cases.queue import claim_item, complete_item, queue_cases
 from collectflow.flows.cli.app import app
 from collectflow.flows.config import Settings
+from collectflow.flows.errors import ActionRefused, ClaimRefused, TransitionRefused, UnknownCase
 from collectflow.flows.pipeline import business_today, open_run, run_day
 from collectflow.models import (
     Case,

@@ -24,8 +24,9 @@ from typer.testing import CliRunner
 
 from collectflow.flows.cli.app import app
 from collectflow.flows.config import Settings, get_settings
+from collectflow.flows.errors import NotInDoubt
 from collectflow.flows.mail.compose import mime_body
-from collectflow.flows.mail.outbox import NotInDoubt, in_doubt, resolve_in_doubt
+from collectflow.flows.mail.outbox import in_doubt, resolve_in_doubt
 from collectflow.flows.steps.deliver import (
     FLUSH_SIZE,
     deliver_due,

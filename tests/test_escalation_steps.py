@@ -21,6 +21,7 @@ from sqlalchemy import Engine, select
 
 from collectflow.flows.cases import casework
 from collectflow.flows.config import Settings
+from collectflow.flows.errors import ActionRefused
 from collectflow.flows.pipeline import open_run, run_day
 from collectflow.flows.policy.document import Escalation, Policy
 from collectflow.models import Case, CaseEvent, EscalationStep, QueueItem
@@ -187,7 +188,7 @@ def test_confirming_a_write_off_nobody_proposed_is_refused(
         run_days(billing, -3, 3)
     with engine.connect() as conn:
         case_id = conn.execute(select(CASES.c.id)).scalar_one()
-    refused = pytest.raises(casework.ActionRefused, match="no write-off was proposed")
+    refused = pytest.raises(ActionRefused, match="no write-off was proposed")
     with refused, engine.begin() as conn:
         casework.confirm_write_off(conn, case_id, "ana", "", day(4))
 

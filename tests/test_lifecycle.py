@@ -14,11 +14,10 @@ from collectflow.flows.cases.lifecycle import (
     CLOSED,
     PAUSED_STATES,
     STATES,
-    TransitionRefused,
-    UnknownCase,
     transition,
     transition_case,
 )
+from collectflow.flows.errors import TransitionRefused, UnknownCase
 from collectflow.models import Case, CaseEvent, Customer
 
 CASES = Case.__table__

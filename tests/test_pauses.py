@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import Engine, select
 
 from collectflow.flows.cases import casework
-from collectflow.flows.cases.casework import ActionRefused
 from collectflow.flows.config import Settings
+from collectflow.flows.errors import ActionRefused
 from collectflow.flows.pipeline import open_run, run_day
 from collectflow.flows.policy.cases import Pauses
 from collectflow.models import Case, CaseEvent, Message, MessageItem, Payment, Promise, QueueItem

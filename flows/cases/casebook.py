@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from collectflow.flows.cases.lifecycle import UnknownCase
+from collectflow.flows.errors import UnknownCase
 from collectflow.flows.ledger.balances import invoice_positions
 from collectflow.models import (
     Case,

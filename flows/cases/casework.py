@@ -27,11 +27,10 @@ from collectflow.flows.cases.lifecycle import (
     PROMISED,
     RESOLVED,
     WRITTEN_OFF,
-    UnknownCase,
     transition_case,
 )
 from collectflow.flows.cases.queue import queue_cases, reopen_item, resolve_items
-from collectflow.flows.errors import CollectflowError
+from collectflow.flows.errors import ActionRefused, UnknownCase
 from collectflow.flows.ledger.balances import invoice_positions
 from collectflow.flows.mail.outbox import PLANNED, SUPPRESSED, move
 from collectflow.models import (
@@ -62,10 +61,6 @@ QUEUE = QueueItem.__table__
 
 KEEP_RESUME_STATUS = func.coalesce(CASES.c.resume_status, CASES.c.status)
 """Where a paused case goes back to: set on the first pause, kept through further pauses."""
-
-
-class ActionRefused(CollectflowError):
-    """An operator action was refused because of its input; nothing was changed."""
 
 
 @dataclass

@@ -22,7 +22,11 @@ from typing import Any
 from sqlalchemy import Connection, Select, literal, select, update
 
 from collectflow.flows.cases.events import record_events
-from collectflow.flows.errors import CollectflowError
+from collectflow.flows.errors import (
+    ConcurrentChange,
+    TransitionRefused,
+    UnknownCase,
+)
 from collectflow.models import Case
 
 CASES = Case.__table__
@@ -57,29 +61,6 @@ ALLOWED: dict[str, frozenset[str]] = {
 """From each state, the states a case may move to. Closed states have no way out."""
 
 
-class TransitionRefused(CollectflowError):
-    """A case was asked to make a move the lifecycle does not allow; nothing was changed."""
-
-    def __init__(self, case_id: int, current: str, target: str):
-        self.case_id, self.current, self.target = case_id, current, target
-        allowed = ", ".join(sorted(ALLOWED[current])) or "none: the case is closed"
-        super().__init__(
-            f"case {case_id}: cannot go from {current!r} to {target!r} (from {current!r} it "
-            f"may go to: {allowed})"
-        )
-
-
-class UnknownCase(CollectflowError):
-    """Raised when a case id does not exist."""
-
-    def __init__(self, case_id: int):
-        super().__init__(f"no case with id {case_id} (see `collectflow queue`)")
-
-
-class ConcurrentChange(CollectflowError):
-    """The case changed between reading and writing it (another operator or the daily run)."""
-
-
 def allowed_from(target: str) -> frozenset[str]:
     """The states from which a case may move to `target`."""
     if target not in STATES:
@@ -112,7 +93,7 @@ def transition(
         select(CASES.c.id, CASES.c.status).where(selected, CASES.c.status.not_in(sources)).limit(1)
     ).first()
     if refused is not None:
-        raise TransitionRefused(refused.id, refused.status, target)
+        raise TransitionRefused(refused.id, refused.status, target, ALLOWED[refused.status])
     rest = json.dumps({"to": target, "why": why, **(data or {})}, sort_keys=True, default=str)
     detail = literal('{"from": "') + CASES.c.status + literal('", ' + rest[1:])
     record_events(conn, select(CASES.c.id, detail).where(selected), event, on, actor=actor)
@@ -141,7 +122,7 @@ def transition_case(
     """
     current = case_status(conn, case_id)
     if target not in ALLOWED[current]:
-        raise TransitionRefused(case_id, current, target)
+        raise TransitionRefused(case_id, current, target, ALLOWED[current])
     guarded = select(CASES.c.id).where(CASES.c.id == case_id, CASES.c.status == current)
     moved = transition(
         conn, guarded, target, on, event, actor=actor, why=why, data=data, values=values

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Select, and_, func, insert, literal, select, 
 from sqlalchemy.sql.expression import ColumnElement
 
 from collectflow.flows.cases.events import json_detail, record_events
-from collectflow.flows.errors import CollectflowError
+from collectflow.flows.errors import ClaimRefused
 from collectflow.models import QueueItem, insert_ignoring_conflicts
 
 QUEUE = QueueItem.__table__
@@ -38,10 +38,6 @@ REASONS = frozenset(
 
 # Reasons an operator action settles; marking such an item done by hand would hide the matter.
 SETTLED_BY_ACTION = {"disputed": "resolve-dispute", "write_off": "write-off"}
-
-
-class ClaimRefused(CollectflowError):
-    """A queue item could not be claimed: unknown, already resolved, or someone else's."""
 
 
 def queue_cases(conn: Connection, cases: Select[Any], reason: str, as_of: date) -> int:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from collectflow.flows.cases.casework import ActionRefused
 from collectflow.flows.cli.options import JsonOption, emit_json, engine_for, handles_errors, out
 from collectflow.flows.config import get_settings
+from collectflow.flows.errors import ActionRefused
 
 if TYPE_CHECKING:
     from prefect import Flow

@@ -23,6 +23,8 @@ from itertools import accumulate
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from collectflow.flows.errors import BadUsage
+
 CUSTOMER_COLUMNS = (
     "customer_id",
     "name",
@@ -222,7 +224,7 @@ def demo_customers(
 ) -> Iterator[DemoCustomer]:
     """Generate the portfolio one customer at a time (the profile says how it was drawn)."""
     if customers < 1 or invoices_per_customer < 1:
-        raise ValueError("a demo ledger needs at least one customer and one invoice each")
+        raise BadUsage("a demo ledger needs at least one customer and one invoice each")
     rng = random.Random(seed)
     profiles, profile_weights = list(PROFILES), list(accumulate(PROFILES.values()))
     region_weights = list(accumulate(region.weight for region in REGIONS))

@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import ColumnElement
 
-from collectflow.flows.errors import CollectflowError
+from collectflow.flows.errors import NotInDoubt
 from collectflow.models import (
     PLANNED_MESSAGE_COLUMNS,
     Message,
@@ -202,10 +202,6 @@ def take_write_lock(conn: Connection) -> None:
     """
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-class NotInDoubt(CollectflowError):
-    """The message named is not in doubt (`unknown`), so there is nothing to resolve."""
 
 
 def in_doubt(conn: Connection) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from collectflow.flows.errors import CollectflowError
+from collectflow.flows.errors import UnknownCustomer
 from collectflow.flows.ledger.balances import refresh_balances
 from collectflow.flows.policy.document import FEATURES as FEATURE_DOCS
 from collectflow.flows.policy.document import Policy, condition_matches
@@ -28,10 +28,6 @@ from collectflow.models import Customer, CustomerFeatures, SegmentChange
 CUSTOMERS = Customer.__table__
 FEATURES = CustomerFeatures.__table__
 HISTORY = SegmentChange.__table__
-
-
-class UnknownCustomer(CollectflowError):
-    """Raised when `--explain` names a customer the ledger does not have."""
 
 
 @dataclass
