@@ -5,9 +5,9 @@ that refuses malformed input before the run starts; the help text of each field 
 the `Args:` section of the flow's docstring, which is where Prefect 3.9 reads it (a
 `Field(description=...)` inside `Annotated` is dropped from the deployment's schema).
 
-Each flow runs its action (flows/cases/casework.py) in one transaction as of today in the business
-timezone: bad input (unknown case, amount larger than owed, date in the past...) fails the
-run with the reason and changes nothing.
+Each flow runs its action (flows/cases/: casework.py, promises.py, disputes.py, queue.py) in
+one transaction as of today in the business timezone: bad input (unknown case, amount larger
+than owed, date in the past...) fails the run with the reason and changes nothing.
 Each run publishes a short markdown artifact (key `case-<id>`, so a case's artifacts form
 one history) saying what changed, and returns the same as a dict.
 """
@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 from sqlalchemy import Connection
 
-from collectflow.flows.cases import casework
+from collectflow.flows.cases import casework, disputes, promises
 from collectflow.flows.cases.casework import ActionResult
 from collectflow.flows.cases.queue import claim_item, complete_item
 from collectflow.flows.config import get_settings
@@ -75,7 +75,7 @@ def record_promise(
         currency: ISO 4217 code; leave empty when the case owes in one currency only.
     """
     return run_action(
-        lambda ctx, conn, today: casework.record_promise(
+        lambda ctx, conn, today: promises.record_promise(
             conn,
             case_id,
             amount,
@@ -101,7 +101,7 @@ def mark_dispute(invoice_id: Text, operator: Operator, reason: Text) -> dict[str
     """
 
     def dispute(ctx: RunContext, conn: Connection, today: date) -> ActionResult:
-        result = casework.mark_dispute(conn, invoice_id, operator, reason, today)
+        result = disputes.mark_dispute(conn, invoice_id, operator, reason, today)
         render_planned(conn, ctx.catalog, ctx.policy, today, domain=ctx.message_domain)
         return result
 
@@ -126,7 +126,7 @@ def resolve_dispute(
         credit: Upheld only: a credit smaller than the full amount owed on the invoice.
     """
     return run_action(
-        lambda ctx, conn, today: casework.resolve_dispute(
+        lambda ctx, conn, today: disputes.resolve_dispute(
             conn, dispute_id, outcome, operator, note, today, credit
         )
     )

@@ -14,7 +14,7 @@ import yaml
 from sqlalchemy import Engine, select
 
 from collectflow.flows.cases.casebook import operator_queue
-from collectflow.flows.cases.casework import resolve_dispute
+from collectflow.flows.cases.disputes import resolve_dispute
 from collectflow.flows.config import PROJECT_ROOT, Settings
 from collectflow.flows.errors import PolicyError
 from collectflow.flows.pipeline import open_run, run_day

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from collectflow.flows.cases import casework
+from collectflow.flows.cases import casework, disputes, promises
 from collectflow.flows.config import Settings
 from collectflow.flows.errors import ActionRefused
 from collectflow.flows.pipeline import open_run, run_day
@@ -71,7 +71,7 @@ def act(engine: Engine, action: Callable[..., Any], *args: Any, **kwargs: Any) -
 def promise(engine: Engine, amount: str, pay_by: date) -> None:
     """Ana records, on day 4, C1's promise to pay `amount` by `pay_by` (grace 3 days)."""
     case_id = case_of(engine).id
-    act(engine, casework.record_promise, case_id, Decimal(amount), pay_by, "ana", "", day(4), 3)
+    act(engine, promises.record_promise, case_id, Decimal(amount), pay_by, "ana", "", day(4), 3)
 
 
 def case_of(engine: Engine) -> Any:
@@ -176,7 +176,7 @@ def test_a_rejected_dispute_resumes_the_ladder_without_repeating_a_stage(
     engine: Engine, days: Callable[..., None]
 ) -> None:
     days(-3, 3)
-    result = act(engine, casework.mark_dispute, "INV", "ana", "goods arrived damaged", day(4))
+    result = act(engine, disputes.mark_dispute, "INV", "ana", "goods arrived damaged", day(4))
     assert result.changes[-1].endswith("the case is in the operator queue")
     with engine.connect() as conn:
         queued = conn.execute(select(QueueItem.__table__)).one()
@@ -186,7 +186,7 @@ def test_a_rejected_dispute_resumes_the_ladder_without_repeating_a_stage(
     assert [s for s, _, _ in stages(engine)] == ["pre_due", "gentle"]
 
     dispute_id = int(result.changes[-1].split()[1])
-    act(engine, casework.resolve_dispute, dispute_id, "rejected", "ana", "no damage", day(20))
+    act(engine, disputes.resolve_dispute, dispute_id, "rejected", "ana", "no damage", day(20))
     days(20)
 
     assert [(s, on) for s, on, _ in stages(engine)] == [
@@ -203,12 +203,12 @@ def test_an_upheld_dispute_credits_the_invoice_and_the_case_closes(
     engine: Engine, days: Callable[..., None]
 ) -> None:
     days(-3, 3)
-    result = act(engine, casework.mark_dispute, "INV", "ana", "never ordered", day(4))
+    result = act(engine, disputes.mark_dispute, "INV", "ana", "never ordered", day(4))
     dispute_id = int(result.changes[-1].split()[1])
     with pytest.raises(ActionRefused, match=f"INV is already in dispute {dispute_id}"):
-        act(engine, casework.mark_dispute, "INV", "bob", "again", day(4))
+        act(engine, disputes.mark_dispute, "INV", "bob", "again", day(4))
 
-    act(engine, casework.resolve_dispute, dispute_id, "upheld", "ana", "", day(5))
+    act(engine, disputes.resolve_dispute, dispute_id, "upheld", "ana", "", day(5))
     days(5)
 
     assert case_of(engine).status == "resolved"
@@ -258,7 +258,7 @@ def test_a_dispute_on_one_of_two_invoices_stops_reminders_about_that_invoice_onl
         [gentle] = with_bodies(conn, MESSAGES.c.stage == "gentle")
         assert "F-80" in gentle.body_text
 
-    result = act(engine, casework.mark_dispute, "INV2", "ana", "never ordered", day(3))
+    result = act(engine, disputes.mark_dispute, "INV2", "ana", "never ordered", day(3))
 
     assert "case stays reminding: its other invoices are still reminded" in result.changes
     assert result.changes[-1] == "1 planned reminder(s) no longer ask for it"
@@ -278,7 +278,7 @@ def test_a_dispute_on_one_of_two_invoices_stops_reminders_about_that_invoice_onl
 
     dispute_id = int(result.changes[-2].split()[1])
     resolved = act(
-        engine, casework.resolve_dispute, dispute_id, "rejected", "ana", "signed order", day(15)
+        engine, disputes.resolve_dispute, dispute_id, "rejected", "ana", "signed order", day(15)
     )
     assert resolved.changes[-1] == "the invoice is reminded again with the case (reminding)"
     days(28)

@@ -1,4 +1,6 @@
-"""What operators do to cases: promises, disputes, pauses, write-offs, resends, closing.
+"""What operators do to cases: pauses, write-offs, resends, closing; and what every action
+shares (its result, case lookups, holding reminders). Promises and disputes have their own
+modules (cases/promises.py, cases/disputes.py) built on these.
 
 Each action is a plain function over a Connection inside the caller's transaction. It checks
 its input first (unknown case, amount larger than owed, date in the past...) and raises
@@ -11,53 +13,41 @@ Prefect action flows publish them as a markdown artifact).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, insert, literal, select, update
+from sqlalchemy import Connection, and_, func, insert, literal, select, update
 from sqlalchemy.engine import RowMapping
 
 from collectflow.flows.cases.events import record_events
 from collectflow.flows.cases.lifecycle import (
     CLOSED,
-    DISPUTED,
     PAUSED,
     PAUSED_STATES,
-    PROMISED,
     RESOLVED,
     WRITTEN_OFF,
     transition_case,
 )
-from collectflow.flows.cases.queue import queue_cases, reopen_item, resolve_items
+from collectflow.flows.cases.queue import resolve_items
 from collectflow.flows.errors import ActionRefused, UnknownCase
 from collectflow.flows.ledger.balances import invoice_positions
 from collectflow.flows.mail.outbox import PLANNED, SUPPRESSED, move
 from collectflow.models import (
     Case,
     Customer,
-    Dispute,
     EscalationStep,
-    Invoice,
     Message,
-    MessageContent,
     MessageItem,
-    Payment,
     Promise,
-    QueueItem,
 )
 
 CASES = Case.__table__
 CUSTOMERS = Customer.__table__
-DISPUTES = Dispute.__table__
 STEPS = EscalationStep.__table__
-INVOICES = Invoice.__table__
 MESSAGES = Message.__table__
-CONTENTS = MessageContent.__table__
 ITEMS = MessageItem.__table__
-PAYMENTS = Payment.__table__
 PROMISES = Promise.__table__
-QUEUE = QueueItem.__table__
 
 KEEP_RESUME_STATUS = func.coalesce(CASES.c.resume_status, CASES.c.status)
 """Where a paused case goes back to: set on the first pause, kept through further pauses."""
@@ -176,276 +166,9 @@ def cancel_promise(conn: Connection, case_id: int, as_of: date) -> int:
     ).rowcount
 
 
-def _money(amount: Decimal, currency: str) -> str:
+def money_text(amount: Decimal, currency: str) -> str:
+    """An amount as an operator reads it in an action's result: 1,234.50 EUR."""
     return f"{amount:,.2f} {currency}"
-
-
-def record_promise(
-    conn: Connection,
-    case_id: int,
-    amount: Decimal,
-    pay_by: date,
-    operator: str,
-    note: str,
-    as_of: date,
-    grace_days: int,
-    currency: str | None = None,
-) -> ActionResult:
-    """The customer promised to pay `amount` by `pay_by`: reminders wait until then plus grace."""
-    case = load_case(conn, case_id)
-    not_in_past(pay_by, as_of, "promised date")
-    owed = owed_by_currency(conn, case["customer_id"], as_of)
-    if currency is None:
-        if len(owed) != 1:
-            raise ActionRefused(
-                f"case {case_id} owes in {', '.join(sorted(owed)) or 'no currency'}: "
-                "say which currency the promise is in"
-            )
-        currency = next(iter(owed))
-    if amount > owed.get(currency, Decimal(0)):
-        raise ActionRefused(
-            f"promised {_money(amount, currency)} is more than the "
-            f"{_money(owed.get(currency, Decimal(0)), currency)} owed on case {case_id}"
-        )
-    grace_until = pay_by + timedelta(days=grace_days)
-    previous = transition_case(
-        conn,
-        case_id,
-        PROMISED,
-        as_of,
-        "promise_recorded",
-        actor=operator,
-        why=note or None,
-        data={"amount": str(amount), "currency": currency, "pay_by": pay_by},
-        values={
-            "paused_until": grace_until + timedelta(days=1),
-            "resume_status": KEEP_RESUME_STATUS,
-        },
-    )
-    conn.execute(
-        insert(PROMISES).values(
-            case_id=case_id,
-            amount=amount,
-            currency=currency,
-            promised_on=pay_by,
-            grace_until=grace_until,
-            made_on=as_of,
-            actor=operator,
-        )
-    )
-    held = hold_reminders(conn, case_id, "promised")
-    return ActionResult(
-        "Promise recorded",
-        case_id,
-        case["customer_id"],
-        operator,
-        [
-            f"promise: {_money(amount, currency)} by {pay_by}",
-            f"reminders paused until {grace_until} (grace {grace_days} days)",
-            f"case: {previous} → {PROMISED}",
-            *([f"{held} planned reminder(s) held back"] if held else []),
-        ],
-    )
-
-
-def mark_dispute(
-    conn: Connection, invoice_id: str, operator: str, reason: str, as_of: date
-) -> ActionResult:
-    """The customer disputes an invoice: reminders stop asking for it and the case is queued.
-
-    The invoice leaves every reminder not sent yet (they are rendered again without it) and
-    is no longer remindable until the dispute is resolved. If the customer owes nothing else
-    a reminder could ask for, the whole case waits as `disputed`; otherwise its ladder goes
-    on for the other invoices.
-    """
-    invoice = invoice_owed(conn, invoice_id, as_of)
-    case = open_case_of(conn, invoice["customer_id"])
-    if invoice["owed"] <= 0 or invoice["status"] not in ("open", "disputed"):
-        raise ActionRefused(f"nothing is owed on invoice {invoice_id}: no dispute to open")
-    already = conn.execute(
-        select(DISPUTES.c.id).where(
-            DISPUTES.c.invoice_id == invoice_id, DISPUTES.c.resolved_on.is_(None)
-        )
-    ).first()
-    if already is not None:
-        raise ActionRefused(f"invoice {invoice_id} is already in dispute {already.id}")
-    case_id = case["id"]
-    data = {"invoice": invoice_id, "reason": reason}
-    changes = [f"invoice {invoice_id} disputed: {reason}"]
-    if case["status"] == DISPUTED or remindable_besides(conn, case, invoice_id, as_of):
-        record_events(conn, select(literal(case_id)), "dispute_opened", as_of, data, operator)
-        if case["status"] != DISPUTED:
-            changes.append(f"case stays {case['status']}: its other invoices are still reminded")
-    else:
-        if case["status"] == PROMISED:
-            cancel_promise(conn, case_id, as_of)
-            changes.append("the open promise to pay is withdrawn")
-        previous = transition_case(
-            conn,
-            case_id,
-            DISPUTED,
-            as_of,
-            "dispute_opened",
-            actor=operator,
-            why=reason,
-            data=data,
-            values={"paused_until": None, "resume_status": KEEP_RESUME_STATUS},
-        )
-        changes.append(f"case: {previous} → {DISPUTED}")
-    dispute_id = conn.execute(
-        insert(DISPUTES)
-        .values(case_id=case_id, invoice_id=invoice_id, reason=reason, opened_on=as_of)
-        .returning(DISPUTES.c.id)
-    ).scalar_one()
-    reopen_item(conn, case_id, "disputed", as_of)
-    queue_cases(conn, select(literal(case_id), literal(case["customer_id"])), "disputed", as_of)
-    held = withdraw_invoice(conn, case_id, invoice_id)
-    changes += [f"dispute {dispute_id} opened; the case is in the operator queue"]
-    changes += [f"{held} planned reminder(s) no longer ask for it"] if held else []
-    return ActionResult("Dispute opened", case_id, case["customer_id"], operator, changes)
-
-
-def remindable_besides(conn: Connection, case: RowMapping, invoice_id: str, as_of: date) -> bool:
-    """Whether the case's customer owes on an invoice other than `invoice_id` that a reminder
-    may ask for (open, not disputed in the ledger nor by an open dispute)."""
-    positions = invoice_positions(as_of)
-    under_dispute = select(DISPUTES.c.invoice_id).where(DISPUTES.c.resolved_on.is_(None))
-    other = conn.execute(
-        select(positions.c.invoice_id)
-        .where(
-            positions.c.customer_id == case["customer_id"],
-            positions.c.invoice_id != invoice_id,
-            positions.c.owed > 0,
-            positions.c.status == "open",
-            positions.c.invoice_id.not_in(under_dispute),
-        )
-        .limit(1)
-    ).first()
-    return other is not None
-
-
-def withdraw_invoice(conn: Connection, case_id: int, invoice_id: str) -> int:
-    """Take a disputed invoice off the case's reminders not sent yet; returns how many.
-
-    Those left with other invoices are rendered again (their text is cleared; the action flow
-    renders them at once); those left with none are suppressed, reason `disputed`.
-    """
-    planned = select(MESSAGES.c.id).where(
-        MESSAGES.c.case_id == case_id,
-        MESSAGES.c.status == PLANNED,
-        MESSAGES.c.kind == "reminder",
-    )
-    on_them = and_(ITEMS.c.invoice_id == invoice_id, ITEMS.c.message_id.in_(planned))
-    touched = conn.scalars(delete(ITEMS).where(on_them).returning(ITEMS.c.message_id)).all()
-    if not touched:
-        return 0
-    has_items = exists().where(ITEMS.c.message_id == MESSAGES.c.id)
-    emptied = and_(MESSAGES.c.id.in_(touched), ~has_items)
-    move(conn, emptied, PLANNED, SUPPRESSED, "disputed", datetime.now(UTC))
-    cleared = conn.scalars(
-        update(MESSAGES)
-        .where(MESSAGES.c.id.in_(touched), MESSAGES.c.status == PLANNED)
-        .values(subject=None, rendered_at=None)
-        .returning(MESSAGES.c.id)
-    ).all()
-    if cleared:
-        conn.execute(delete(CONTENTS).where(CONTENTS.c.message_id.in_(cleared)))
-    return len(touched)
-
-
-def resolve_dispute(
-    conn: Connection,
-    dispute_id: int,
-    outcome: Literal["upheld", "rejected"],
-    operator: str,
-    note: str,
-    as_of: date,
-    credit: Decimal | None = None,
-) -> ActionResult:
-    """Decide a dispute. Upheld: the invoice is credited (in full unless `credit` says less).
-    Rejected: the invoice stands and reminders may ask for it again. Once the case has no
-    open dispute it leaves the queue, and a case that waited as `disputed` resumes its ladder
-    where it was, without repeating a stage."""
-    dispute = conn.execute(select(DISPUTES).where(DISPUTES.c.id == dispute_id)).mappings().first()
-    if dispute is None:
-        raise ActionRefused(f"no dispute with id {dispute_id} (see `collectflow case ID`)")
-    if dispute["resolved_on"] is not None:
-        raise ActionRefused(
-            f"dispute {dispute_id} was already resolved ({dispute['outcome']}) on "
-            f"{dispute['resolved_on']}"
-        )
-    if outcome == "rejected" and credit is not None:
-        raise ActionRefused("a rejected dispute credits nothing: leave the credit empty")
-    case = load_case(conn, dispute["case_id"])
-    case_id = case["id"]
-    changes = [f"dispute {dispute_id} on invoice {dispute['invoice_id']}: {outcome}"]
-    credited = None
-    if outcome == "upheld":
-        credited, currency = credit_invoice(conn, dispute_id, dispute["invoice_id"], credit, as_of)
-        changes.append(f"invoice {dispute['invoice_id']} credited {_money(credited, currency)}")
-    conn.execute(
-        update(DISPUTES)
-        .where(DISPUTES.c.id == dispute_id)
-        .values(resolved_on=as_of, outcome=outcome, credited=credited)
-    )
-    data = {"dispute": dispute_id, "invoice": dispute["invoice_id"], "outcome": outcome}
-    still_open = conn.execute(
-        select(func.count()).where(DISPUTES.c.case_id == case_id, DISPUTES.c.resolved_on.is_(None))
-    ).scalar_one()
-    if still_open or case["status"] != DISPUTED:
-        record_events(conn, select(literal(case_id)), "dispute_resolved", as_of, data, operator)
-        if still_open:
-            changes.append(f"{still_open} other dispute(s) still open on the case")
-        else:
-            resolve_items(conn, case_id, "disputed", as_of)
-            changes.append(f"the invoice is reminded again with the case ({case['status']})")
-    else:
-        back = case["resume_status"]
-        transition_case(
-            conn,
-            case_id,
-            back,
-            as_of,
-            "dispute_resolved",
-            actor=operator,
-            why=note or None,
-            data=data,
-            values={"resume_status": None},
-        )
-        resolve_items(conn, case_id, "disputed", as_of)
-        changes.append(f"case: {DISPUTED} → {back}; the ladder resumes at its next stage")
-    return ActionResult("Dispute resolved", case_id, case["customer_id"], operator, changes)
-
-
-def credit_invoice(
-    conn: Connection, dispute_id: int, invoice_id: str, credit: Decimal | None, as_of: date
-) -> tuple[Decimal, str]:
-    """Credit the invoice by a ledger entry of our own (a credit note as a payment).
-
-    A payment row, not a status change, so that re-importing the ledger keeps the credit.
-    """
-    invoice = invoice_owed(conn, invoice_id, as_of)
-    owed, currency = invoice["owed"], invoice["currency"]
-    amount = owed if credit is None else credit
-    if amount <= 0 or amount > owed:
-        raise ActionRefused(
-            f"credit {_money(amount, currency)} must be more than 0 and at most the "
-            f"{_money(owed, currency)} owed on invoice {invoice_id}"
-        )
-    now = datetime.now(UTC)
-    conn.execute(
-        insert(PAYMENTS).values(
-            payment_id=f"credit-dispute-{dispute_id}",
-            invoice_id=invoice_id,
-            attempted_at=now,
-            attempted_on=as_of,
-            amount=amount,
-            status="succeeded",
-            method="credit_note",
-            gateway="collectflow",
-        )
-    )
-    return amount, currency
 
 
 def pause_customer(
@@ -511,7 +234,9 @@ def confirm_write_off(
             "proposes it)"
         )
     owed = owed_by_currency(conn, case["customer_id"], as_of)
-    amounts = ", ".join(_money(total, code) for code, total in sorted(owed.items())) or "nothing"
+    amounts = (
+        ", ".join(money_text(total, code) for code, total in sorted(owed.items())) or "nothing"
+    )
     previous = transition_case(
         conn,
         case_id,
@@ -554,7 +279,7 @@ def close_case(
     changes += [f"{held} planned reminder(s) withdrawn"] if held else []
     owed = owed_by_currency(conn, case["customer_id"], as_of)
     if owed:
-        amounts = ", ".join(_money(total, code) for code, total in sorted(owed.items()))
+        amounts = ", ".join(money_text(total, code) for code, total in sorted(owed.items()))
         changes.append(
             f"the ledger still shows {amounts} owed: the next daily run opens a new case "
             "unless the ledger changes"
