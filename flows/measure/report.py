@@ -14,13 +14,8 @@ from typing import Any
 from sqlalchemy import Connection
 
 from collectflow.flows.measure.experiments import Comparison, experiment_results
-from collectflow.flows.measure.metrics import (
-    Figures,
-    Portfolio,
-    breakdown,
-    portfolio,
-    recovery_curves,
-)
+from collectflow.flows.measure.metrics import Figures, breakdown, recovery_curves
+from collectflow.flows.measure.portfolio import Portfolio, portfolio
 from collectflow.flows.policy.document import Policy
 
 BREAKDOWNS = ("template", "variant", "segment", "cause", "month", "kind")
