@@ -48,14 +48,8 @@ from bench.portfolio import run as run_portfolio
 from collectflow.flows.cases.lifecycle import ACTIVE
 from collectflow.flows.cases.lifecycle import OPEN as OPEN_STATE
 from collectflow.flows.config import Settings
-from collectflow.flows.ledger.calendar import public_holidays
-from collectflow.flows.policy.document import (
-    FEATURES,
-    Ladder,
-    Policy,
-    condition_matches,
-    load_policy,
-)
+from collectflow.flows.ledger import public_holidays
+from collectflow.flows.policy import FEATURES, Ladder, Policy, condition_matches, load_policy
 from collectflow.flows.steps.outage import APOLOGY_STAGE
 from collectflow.models import (
     Case,

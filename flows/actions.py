@@ -24,12 +24,17 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 from sqlalchemy import Connection
 
-from collectflow.flows.cases import casework, disputes, promises
-from collectflow.flows.cases.casework import ActionResult
-from collectflow.flows.cases.queue import claim_item, complete_item
+from collectflow.flows.cases import (
+    ActionResult,
+    casework,
+    claim_item,
+    complete_item,
+    disputes,
+    promises,
+)
 from collectflow.flows.config import get_settings
 from collectflow.flows.pipeline import RunContext, business_today, open_run
-from collectflow.flows.steps.render import render_planned
+from collectflow.flows.steps import render_planned
 
 CaseId = Annotated[int, Field(ge=1)]
 Operator = Annotated[str, Field(min_length=1, max_length=64, pattern=r"\S")]

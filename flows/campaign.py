@@ -26,14 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, and_, exists, func, insert, literal, not_, or_, select
 
 from collectflow.flows.config import Settings, get_settings
-from collectflow.flows.ledger.balances import refresh_balances
+from collectflow.flows.ledger import refresh_balances
 from collectflow.flows.mail.compose import mime_parts, sender_domain
 from collectflow.flows.mail.outbox import plan_messages
-from collectflow.flows.measure.experiments import Arms, record_assignments
+from collectflow.flows.measure import Arms, record_assignments
 from collectflow.flows.pipeline import business_today
-from collectflow.flows.policy.document import Policy, load_policy
-from collectflow.flows.steps.contact import apply_contact_rules
-from collectflow.flows.steps.deliver import deliver_due
+from collectflow.flows.policy import Policy, load_policy
+from collectflow.flows.steps import apply_contact_rules, deliver_due
 from collectflow.flows.steps.render import INTERNAL_TEMPLATES, TemplateCatalog, render_planned
 from collectflow.models import (
     Case,

@@ -11,12 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from pydantic_core import to_jsonable_python
 
 from collectflow.flows.alerts import OperatorAlerts
-from collectflow.flows.cases.casebook import QUEUE_ARTIFACT_COLUMNS, operator_queue
+from collectflow.flows.cases import QUEUE_ARTIFACT_COLUMNS, operator_queue
 from collectflow.flows.config import get_settings
 from collectflow.flows.errors import BadUsage
 from collectflow.flows.pipeline import RunContext, business_today, open_run, run_day
-from collectflow.flows.steps.outage import alert_operators
-from collectflow.flows.steps.summary import DaySummary
+from collectflow.flows.steps import DaySummary, alert_operators
 
 
 def as_task(step: Any, *args: Any) -> Any:

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from collectflow.flows.config import get_settings
 from collectflow.flows.pipeline import business_today
-from collectflow.flows.steps.deliver import DeliveryReport, deliver_with_workers
+from collectflow.flows.steps import DeliveryReport, deliver_with_workers
 
 
 @task(name="deliver", cache_policy=NO_CACHE)

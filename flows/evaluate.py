@@ -14,10 +14,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from collectflow.flows.config import get_settings
-from collectflow.flows.measure.report import Report, effectiveness_report, report_markdown
-from collectflow.flows.measure.report_html import render_html
+from collectflow.flows.measure import Report, effectiveness_report, render_html, report_markdown
 from collectflow.flows.pipeline import business_today
-from collectflow.flows.policy.document import load_policy
+from collectflow.flows.policy import load_policy
 from collectflow.models import init_db, make_engine
 
 

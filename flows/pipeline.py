@@ -22,22 +22,34 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
-from collectflow.flows.cases.handoffs import HandoffReport, deliver_handoffs
-from collectflow.flows.cases.pauses import review_pauses
+from collectflow.flows.cases import HandoffReport, deliver_handoffs, review_pauses
 from collectflow.flows.config import Settings
 from collectflow.flows.mail.compose import sender_domain
-from collectflow.flows.measure.experiments import assign_stage_experiments
-from collectflow.flows.policy.document import Policy, load_policy
-from collectflow.flows.steps.assess import AssessReport, assess
-from collectflow.flows.steps.contact import ContactReport, contact
-from collectflow.flows.steps.deliver import DeliveryReport, deliver_due
-from collectflow.flows.steps.diagnose import DiagnosisReport, diagnose
-from collectflow.flows.steps.escalate import EscalationReport, escalate
-from collectflow.flows.steps.outcomes import OutcomeReport, record_outcomes
-from collectflow.flows.steps.plan import PlanReport, plan
-from collectflow.flows.steps.prepare import prepare
-from collectflow.flows.steps.render import TemplateCatalog, load_catalog, render_planned
-from collectflow.flows.steps.summary import DaySummary, skipped_day, summarize_day
+from collectflow.flows.measure import assign_stage_experiments
+from collectflow.flows.policy import Policy, load_policy
+from collectflow.flows.steps import (
+    AssessReport,
+    ContactReport,
+    DaySummary,
+    DeliveryReport,
+    DiagnosisReport,
+    EscalationReport,
+    OutcomeReport,
+    PlanReport,
+    TemplateCatalog,
+    assess,
+    contact,
+    deliver_due,
+    diagnose,
+    escalate,
+    load_catalog,
+    plan,
+    prepare,
+    record_outcomes,
+    render_planned,
+    skipped_day,
+    summarize_day,
+)
 from collectflow.models import Message, RunRecord, init_db, make_engine
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from collectflow.flows.config import PROJECT_ROOT, Settings, get_settings
-from collectflow.flows.policy.document import Policy, load_policy
+from collectflow.flows.policy import Policy, load_policy
 from collectflow.models import drop_db, init_db, make_engine
 
 PG_URL = os.environ.get(

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from collectflow.flows.config import Settings
-from collectflow.flows.ledger.csv_import import ImportReport, import_ledger
+from collectflow.flows.ledger import ImportReport, import_ledger
 
 CUSTOMER_COLUMNS = [
     "customer_id", "name", "email", "locale", "timezone", "country",

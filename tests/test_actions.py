@@ -29,8 +29,7 @@ from sqlalchemy import Engine, func, insert, literal, select
 from typer.testing import CliRunner
 
 from collectflow.flows import actions
-from collectflow.flows.cases.lifecycle import transition_case
-from collectflow.flows.cases.queue import claim_item, complete_item, queue_cases
+from collectflow.flows.cases import claim_item, complete_item, queue_cases, transition_case
 from collectflow.flows.cli.app import app
 from collectflow.flows.config import Settings
 from collectflow.flows.errors import ActionRefused, ClaimRefused, TransitionRefused, UnknownCase

@@ -11,13 +11,8 @@ from sqlalchemy import Engine, insert, literal, select, true
 
 from collectflow.flows.config import PROJECT_ROOT, Settings, get_settings
 from collectflow.flows.daily import collections_range
-from collectflow.flows.ledger.calendar import (
-    calendar_rows,
-    days_elapsed,
-    fill_calendar,
-    public_holidays,
-)
-from collectflow.flows.policy.document import Policy
+from collectflow.flows.ledger import calendar_rows, days_elapsed, fill_calendar, public_holidays
+from collectflow.flows.policy import Policy
 from collectflow.models import Customer, InvoiceBalance, Message
 from tests.ledger import Ledger
 

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, func, insert, select, update
 
 from collectflow.flows.campaign import Audience, campaign
 from collectflow.flows.config import Settings
-from collectflow.flows.steps.outcomes import record_outcomes
+from collectflow.flows.steps import record_outcomes
 from collectflow.models import ContactBlock, Customer, Message, Outcome
 from tests.ledger import Ledger
 from tests.outbox import open_case

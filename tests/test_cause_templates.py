@@ -12,7 +12,7 @@ import re
 import pytest
 
 from collectflow.flows.config import PROJECT_ROOT
-from collectflow.flows.policy.document import Policy
+from collectflow.flows.policy import Policy
 from collectflow.flows.steps.render import TemplateCatalog, load_catalog, sample_contexts
 
 LATE_WORDING = {

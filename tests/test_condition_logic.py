@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, case, insert, select
 
-from collectflow.flows.policy.document import condition_matches, condition_sql
+from collectflow.flows.policy import condition_matches, condition_sql
 from collectflow.models import CustomerFeatures
 
 FEATURES = CustomerFeatures.__table__

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from collectflow.flows.config import Settings
-from collectflow.flows.ledger.csv_import import import_ledger
+from collectflow.flows.ledger import import_ledger
 from collectflow.flows.ledger.demo import (
     FAILURE_CODES,
     FILES,

@@ -13,12 +13,11 @@ import pytest
 import yaml
 from sqlalchemy import Engine, select
 
-from collectflow.flows.cases.casebook import operator_queue
-from collectflow.flows.cases.disputes import resolve_dispute
+from collectflow.flows.cases import operator_queue, resolve_dispute
 from collectflow.flows.config import PROJECT_ROOT, Settings
 from collectflow.flows.errors import PolicyError
 from collectflow.flows.pipeline import open_run, run_day
-from collectflow.flows.policy.document import load_policy
+from collectflow.flows.policy import load_policy
 from collectflow.models import Case, CaseEvent, Dispute, Message, MessageItem, QueueItem
 from tests.ledger import Ledger
 from tests.outbox import unlogged_moves, with_bodies

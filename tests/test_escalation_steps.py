@@ -23,7 +23,7 @@ from collectflow.flows.cases import casework
 from collectflow.flows.config import Settings
 from collectflow.flows.errors import ActionRefused
 from collectflow.flows.pipeline import open_run, run_day
-from collectflow.flows.policy.document import Escalation, Policy
+from collectflow.flows.policy import Escalation, Policy
 from collectflow.models import Case, CaseEvent, EscalationStep, QueueItem
 from tests.ledger import Ledger
 from tests.webhook_server import WebhookServer, webhook_server

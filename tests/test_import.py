@@ -13,7 +13,7 @@ from sqlalchemy import Engine, func, select, update
 
 from collectflow.flows.config import Settings
 from collectflow.flows.errors import ImportRejected
-from collectflow.flows.ledger.csv_import import import_ledger
+from collectflow.flows.ledger import import_ledger
 from collectflow.models import Customer, Invoice, Payment
 
 SAMPLE_LEDGER = Path(__file__).parent / "data" / "ledger"

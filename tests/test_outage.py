@@ -23,7 +23,7 @@ from sqlalchemy import Engine, select
 
 from collectflow.flows.config import Settings
 from collectflow.flows.daily import daily_collections
-from collectflow.flows.policy.diagnosis import Outage
+from collectflow.flows.policy import Outage
 from collectflow.flows.steps.outage import is_outage_day
 from collectflow.models import Message, OutageWindow
 from tests.ledger import Ledger

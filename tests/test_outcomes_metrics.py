@@ -34,15 +34,16 @@ from collectflow.flows.cli.app import app
 from collectflow.flows.cli.options import out
 from collectflow.flows.config import Settings
 from collectflow.flows.evaluate import evaluate
-from collectflow.flows.measure.metrics import breakdown, round_tenth
-from collectflow.flows.measure.portfolio import (
+from collectflow.flows.measure import (
     average_days_delinquent,
+    breakdown,
     cei,
     countback_dso,
     portfolio,
+    round_tenth,
     simple_dso,
 )
-from collectflow.flows.steps.outcomes import record_outcomes
+from collectflow.flows.steps import record_outcomes
 from collectflow.models import ContactBlock, Dispute, Message, Outcome, PaymentAttribution, Promise
 from tests.ledger import Ledger
 from tests.outbox import open_case, sent_message

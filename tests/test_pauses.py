@@ -21,7 +21,7 @@ from collectflow.flows.cases import casework, disputes, promises
 from collectflow.flows.config import Settings
 from collectflow.flows.errors import ActionRefused
 from collectflow.flows.pipeline import open_run, run_day
-from collectflow.flows.policy.cases import Pauses
+from collectflow.flows.policy import Pauses
 from collectflow.models import Case, CaseEvent, Message, MessageItem, Payment, Promise, QueueItem
 from tests.ledger import Ledger
 from tests.outbox import with_bodies

@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import Engine, select
 
 from collectflow.flows.config import PROJECT_ROOT, Settings
-from collectflow.flows.policy.document import Policy
-from collectflow.flows.steps.assess import assess
+from collectflow.flows.policy import Policy
+from collectflow.flows.steps import assess
 from collectflow.models import Customer
 from tests.ledger import Ledger
 

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from collectflow.flows.cli.app import app
 from collectflow.flows.config import PROJECT_ROOT, Settings
-from collectflow.flows.policy.document import Policy
-from collectflow.flows.steps.assess import assess
+from collectflow.flows.policy import Policy
+from collectflow.flows.steps import assess
 from collectflow.models import Case, CaseEvent, Customer, CustomerFeatures, Dispute, SegmentChange
 from tests.ledger import Ledger
 

@@ -20,8 +20,7 @@ from collectflow.flows.cli.options import (
     out,
 )
 from collectflow.flows.config import get_settings
-from collectflow.flows.measure.metrics import Figures, ratio
-from collectflow.flows.measure.report import Report
+from collectflow.flows.measure import Figures, Report, ratio
 
 OUTCOMES = (
     "paid", "partial", "promised", "disputed", "opted_out", "bounced", "no_response", "pending",
