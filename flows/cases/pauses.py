@@ -6,7 +6,7 @@
   `promise_broken` event (a behaviour feature of the customer) and resumes fast-tracked as
   the policy's `pauses.broken_promise` says.
 - A customer pause ends on its date and the case resumes where it was.
-Disputes end only when an operator resolves them (flows/cases/casework.py).
+Disputes end only when an operator resolves them (flows/cases/disputes.py).
 """
 
 from __future__ import annotations
