@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from collectflow.flows.config import Settings
 from collectflow.flows.mail.compose import Email, one_line, sender_domain
-from collectflow.flows.steps.deliver import transport_for  # TODO-MERGE mail.transports
+from collectflow.flows.mail.transports import transport_for
 
 
 class OperatorAlerts:

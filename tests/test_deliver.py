@@ -24,7 +24,8 @@ from collectflow.flows.config import Settings, get_settings
 from collectflow.flows.delivery import deliver as deliver_flow
 from collectflow.flows.errors import ConfigError
 from collectflow.flows.mail.compose import Composer, message_id_for, mime_body, unsubscribe_token
-from collectflow.flows.steps.deliver import MAX_ATTEMPTS, deliver_due
+from collectflow.flows.mail.retry import MAX_ATTEMPTS
+from collectflow.flows.steps.deliver import deliver_due
 from collectflow.models import (
     Case,
     ContactBlock,
