@@ -16,8 +16,7 @@ from email.utils import format_datetime, make_msgid
 from prefect.artifacts import create_markdown_artifact
 
 from collectflow.flows.config import Settings
-from collectflow.flows.mail.compose import Email, one_line, sender_domain
-from collectflow.flows.mail.transports import transport_for
+from collectflow.flows.mail import Email, one_line, sender_domain, transport_for
 
 
 class OperatorAlerts:

@@ -27,8 +27,7 @@ from sqlalchemy import Connection, and_, exists, func, insert, literal, not_, or
 
 from collectflow.flows.config import Settings, get_settings
 from collectflow.flows.ledger import refresh_balances
-from collectflow.flows.mail.compose import mime_parts, sender_domain
-from collectflow.flows.mail.outbox import plan_messages
+from collectflow.flows.mail import mime_parts, plan_messages, sender_domain
 from collectflow.flows.measure import Arms, record_assignments
 from collectflow.flows.pipeline import business_today
 from collectflow.flows.policy import Policy, load_policy

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from collectflow.flows.cases import HandoffReport, deliver_handoffs, review_pauses
 from collectflow.flows.config import Settings
-from collectflow.flows.mail.compose import sender_domain
+from collectflow.flows.mail import sender_domain
 from collectflow.flows.measure import assign_stage_experiments
 from collectflow.flows.policy import Policy, load_policy
 from collectflow.flows.steps import (

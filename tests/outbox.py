@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, insert, or_, select
 from sqlalchemy.sql.expression import ColumnElement
 
-from collectflow.flows.mail.compose import mime_parts
+from collectflow.flows.mail import mime_parts
 from collectflow.models import Case, Invoice, Message, MessageContent, MessageEvent, MessageItem
 
 CASES = Case.__table__

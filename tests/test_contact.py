@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from collectflow.flows.cli.app import app
 from collectflow.flows.config import Settings
 from collectflow.flows.errors import CollectflowError
+from collectflow.flows.mail import record_opt_out
 from collectflow.flows.policy import Cap, Contact, Policy, QuietHours
-from collectflow.flows.steps import deliver_due
-from collectflow.flows.steps.contact import apply_contact_rules, record_opt_out
+from collectflow.flows.steps import apply_contact_rules, deliver_due
 from tests.test_deliver import (
     AS_OF,
     CASES,

@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, insert, inspect, select, text
 from sqlmodel import SQLModel
 
-from collectflow.flows.mail.compose import mime_body, mime_parts
+from collectflow.flows.mail import mime_body, mime_parts
 from collectflow.models import Case, Customer, Message, MessageContent, drop_db, in_ids, init_db
 from collectflow.models.db import BASELINE, MIGRATIONS, alembic_config
 

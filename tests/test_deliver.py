@@ -23,9 +23,9 @@ from collectflow.flows.cli.app import app
 from collectflow.flows.config import Settings, get_settings
 from collectflow.flows.delivery import deliver as deliver_flow
 from collectflow.flows.errors import ConfigError
-from collectflow.flows.mail.compose import Composer, message_id_for, mime_body, unsubscribe_token
+from collectflow.flows.mail import Composer, message_id_for, mime_body, unsubscribe_token
 from collectflow.flows.mail.retry import MAX_ATTEMPTS
-from collectflow.flows.steps.deliver import deliver_due
+from collectflow.flows.steps import deliver_due
 from collectflow.models import (
     Case,
     ContactBlock,

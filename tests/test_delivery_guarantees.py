@@ -25,11 +25,10 @@ from typer.testing import CliRunner
 from collectflow.flows.cli.app import app
 from collectflow.flows.config import Settings, get_settings
 from collectflow.flows.errors import NotInDoubt
-from collectflow.flows.mail.compose import mime_body
+from collectflow.flows.mail import in_doubt, mime_body, resolve_in_doubt
 from collectflow.flows.mail.delivery import FLUSH_SIZE
-from collectflow.flows.mail.outbox import in_doubt, resolve_in_doubt
 from collectflow.flows.mail.workers import recheck_expired_leases
-from collectflow.flows.steps.deliver import deliver_due, deliver_with_workers
+from collectflow.flows.steps import deliver_due, deliver_with_workers
 from collectflow.models import (
     Case,
     Customer,

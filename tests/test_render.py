@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine, insert
 
 from collectflow.flows.config import PROJECT_ROOT
 from collectflow.flows.errors import TemplateError
-from collectflow.flows.mail.compose import mime_body
+from collectflow.flows.mail import mime_body
 from collectflow.flows.policy import Policy, Sender
 from collectflow.flows.steps.render import (
     INTERNAL_TEMPLATES,

@@ -64,7 +64,7 @@ def opt_out(
     as_json: JsonOption = False,
 ) -> None:
     """Record that a customer (or an address) wants no more messages."""
-    from collectflow.flows.steps.contact import record_opt_out
+    from collectflow.flows.mail.contact import record_opt_out
 
     added = record_opt_out(engine_for(get_settings()), customer_id, address, detail)
     if as_json:

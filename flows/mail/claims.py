@@ -32,6 +32,13 @@ from sqlalchemy.sql.expression import ColumnElement, Exists, Select
 
 from collectflow.flows.cases.lifecycle import CLOSED, PAUSED_STATES
 from collectflow.flows.ledger.balances import settled_amount, settling
+from collectflow.flows.mail.contact import (
+    INTERNAL,
+    address_bounced,
+    must_wait,
+    opted_out,
+    to_customer,
+)
 from collectflow.flows.mail.outbox import (
     BOUNCED,
     EVENT_COLUMNS,
@@ -46,13 +53,6 @@ from collectflow.flows.mail.outbox import (
 )
 from collectflow.flows.mail.threads import has_thread
 from collectflow.flows.policy.contact import Contact
-from collectflow.flows.steps.contact import (
-    INTERNAL,
-    address_bounced,
-    must_wait,
-    opted_out,
-    to_customer,
-)
 from collectflow.models import (
     Case,
     Customer,

@@ -36,6 +36,7 @@ from collectflow.flows.mail.claims import (
     result_params,
 )
 from collectflow.flows.mail.compose import Composer
+from collectflow.flows.mail.contact import block, later_in_batch, quiet_deferrals
 from collectflow.flows.mail.outbox import (
     BOUNCED,
     FAILED,
@@ -54,7 +55,6 @@ from collectflow.flows.mail.retry import SEND_FAILURES, failure
 from collectflow.flows.mail.threads import earlier_message_ids
 from collectflow.flows.mail.transports import Transport, transport_for
 from collectflow.flows.policy.contact import Contact
-from collectflow.flows.steps.contact import block, later_in_batch, quiet_deferrals
 from collectflow.models import Message
 
 log = logging.getLogger(__name__)
