@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from collectflow.flows.config import Settings
-from collectflow.flows.errors import ConfigError, DeliveryError
+from collectflow.flows.errors import ConfigError, DeliveryError, NotRendered
 
 MAX_LINE = 78  # RFC 5322's recommended header line length
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -50,13 +50,6 @@ def sender_domain(settings: Settings) -> str:
             "set it like 'Accounts Receivable <billing@yourcompany.com>'"
         )
     return domain
-
-
-class NotRendered(DeliveryError):
-    """A message claimed without a rendered body: not a state render leaves (it stores the
-    body with the subject), but a lost row must fail its message, not stop the delivery."""
-
-    reason = "not_rendered"
 
 
 class Mailbox(NamedTuple):
