@@ -7,7 +7,8 @@ the person who must act on them: what was wrong, where, and what to do.
 `collectflow.models` sits below the engine and raises one exception of its own,
 `MoneyPrecisionError` (a ValueError), when an amount with more than four decimals reaches the
 database; the importer refuses such amounts first, with the file, line and field, so a user's
-mistake never surfaces as it.
+mistake never surfaces as it. Likewise the importer's private signals for one bad value or an
+unreadable file never leave ledger/csv_import.py: they become the lines of `ImportRejected`.
 """
 
 from __future__ import annotations
