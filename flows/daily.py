@@ -15,7 +15,7 @@ from collectflow.flows.cases import QUEUE_ARTIFACT_COLUMNS, operator_queue
 from collectflow.flows.config import get_settings
 from collectflow.flows.errors import BadUsage
 from collectflow.flows.pipeline import RunContext, business_today, open_run, run_day
-from collectflow.flows.steps import DaySummary, alert_operators
+from collectflow.flows.steps import DaySummary
 
 
 def as_task(step: Any, *args: Any) -> Any:
@@ -41,9 +41,8 @@ def daily_collections(
     """
     settings = get_settings()
     day = as_of or business_today(settings)
-    with open_run(settings, dry_run=dry_run) as ctx:
+    with open_run(settings, dry_run, OperatorAlerts(settings)) as ctx:
         summary = run_day(ctx, day, skip_delivery=skip_delivery, call=as_task)
-        alert_operators(ctx.engine, ctx.policy, day, OperatorAlerts(settings), ctx.dry_run)
         publish_queue(ctx, day)
     publish_summary([summary])
     return summary.to_dict()
@@ -62,9 +61,8 @@ def collections_range(
         raise BadUsage(f"--to {end} is before --from {start}")
     settings = get_settings()
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
-    with open_run(settings, dry_run=dry_run) as ctx:
+    with open_run(settings, dry_run, OperatorAlerts(settings)) as ctx:
         summaries = [run_day_task(ctx, day, skip_delivery) for day in days]
-        alert_operators(ctx.engine, ctx.policy, end, OperatorAlerts(settings), ctx.dry_run)
         publish_queue(ctx, end)
     publish_summary(summaries)
     return [summary.to_dict() for summary in summaries]

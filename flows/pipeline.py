@@ -34,9 +34,11 @@ from collectflow.flows.steps import (
     DeliveryReport,
     DiagnosisReport,
     EscalationReport,
+    Notifier,
     OutcomeReport,
     PlanReport,
     TemplateCatalog,
+    alert_operators,
     assess,
     contact,
     deliver_due,
@@ -68,6 +70,7 @@ class RunContext:
     engine: Engine
     dry_run: bool = False
     shared: Connection | None = field(default=None, repr=False)
+    notifier: Notifier | None = None  # who hears of what needs a person (outages)
 
     @property
     def message_domain(self) -> str:
@@ -85,20 +88,27 @@ class RunContext:
 
 
 @contextmanager
-def open_run(settings: Settings, dry_run: bool = False) -> Iterator[RunContext]:
-    """Load policy and templates, connect, and for a dry run hold one transaction to discard."""
+def open_run(
+    settings: Settings, dry_run: bool = False, notifier: Notifier | None = None
+) -> Iterator[RunContext]:
+    """Load policy and templates, connect, and for a dry run hold one transaction to discard.
+
+    Without a `notifier`, operator alerts wait (unsent, not marked sent) for a run that has one.
+    """
     policy = load_policy(settings.policy)
     catalog = load_catalog(settings.templates, policy)  # a broken template fails here
     engine = make_engine(settings.database_url)
     init_db(engine)
     try:
         if not dry_run:
-            yield RunContext(settings, policy, catalog, engine)
+            yield RunContext(settings, policy, catalog, engine, notifier=notifier)
             return
         with engine.connect() as conn:
             transaction = conn.begin()
             try:
-                yield RunContext(settings, policy, catalog, engine, dry_run=True, shared=conn)
+                yield RunContext(
+                    settings, policy, catalog, engine, dry_run=True, shared=conn, notifier=notifier
+                )
             finally:
                 transaction.rollback()
     finally:
@@ -128,21 +138,23 @@ def run_day(
     if latest is not None and as_of < latest:
         return skipped_day(as_of, latest, ctx.dry_run)
     first_new_id = call(next_message_id, ctx)
-    call(prepare_step, ctx, as_of)
-    assessed = call(assess_step, ctx, as_of)
-    call(diagnose_step, ctx, as_of)
-    call(pauses_step, ctx, as_of)
-    planned = call(plan_step, ctx, as_of)
-    call(contact_step, ctx, as_of)
-    call(experiments_step, ctx, as_of)
-    escalated = call(escalate_step, ctx, as_of)
+    call(prepare_step, ctx, as_of)  # ladders and business calendar as tables
+    assessed = call(assess_step, ctx, as_of)  # 1 balances, features, segments
+    call(diagnose_step, ctx, as_of)  # 2 outages, cause of each owed invoice, refunds
     if not ctx.dry_run:
-        call(handoff_step, ctx, as_of)
-    rendered = call(render_step, ctx, as_of)
+        call(alert_step, ctx, as_of)  #   operators told of new outages
+    call(pauses_step, ctx, as_of)  #   promises kept or broken, pauses ended
+    planned = call(plan_step, ctx, as_of)  # 3 cases, the stage due, messages by cause
+    call(contact_step, ctx, as_of)  #   who may be written to, and from when
+    call(experiments_step, ctx, as_of)  #   variants and holdouts
+    escalated = call(escalate_step, ctx, as_of)  # 6 queue, account managers, disputes
+    if not ctx.dry_run:
+        call(handoff_step, ctx, as_of)  #   suspension signals, agency files
+    rendered = call(render_step, ctx, as_of)  # 4 subject, text, HTML
     delivered = None
     if not (ctx.dry_run or skip_delivery):
-        delivered = call(deliver_step, ctx, as_of)
-    outcomes = call(outcomes_step, ctx, as_of)
+        delivered = call(deliver_step, ctx, as_of)  # 5 send exactly once
+    outcomes = call(outcomes_step, ctx, as_of)  # 7 payments credited, outcomes
     summary = call(
         summary_step,
         ctx,
@@ -204,6 +216,14 @@ def diagnose_step(ctx: RunContext, as_of: date) -> DiagnosisReport:
     """Gateway outages, the cause of each owed invoice, refunds due."""
     with ctx.connection() as conn:
         return diagnose(conn, ctx.policy, as_of)
+
+
+def alert_step(ctx: RunContext, as_of: date) -> int:
+    """Tell operators of outages not alerted yet (a run without a notifier leaves them)."""
+    if ctx.notifier is None:
+        return 0
+    with ctx.connection() as conn:
+        return alert_operators(conn, ctx.policy, as_of, ctx.notifier)
 
 
 def pauses_step(ctx: RunContext, as_of: date) -> dict[str, int]:

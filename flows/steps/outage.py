@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, String, and_, cast, func, insert, literal, select, update
+from sqlalchemy import Connection, String, and_, cast, func, insert, literal, select, update
 
 from collectflow.flows.cases.events import record_events
 from collectflow.flows.mail.outbox import move, plan_messages
@@ -227,32 +227,24 @@ def alert_markdown(windows: list[Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def alert_operators(
-    engine: Engine, policy: Policy, as_of: date, notifier: Notifier, dry_run: bool = False
-) -> int:
+def alert_operators(conn: Connection, policy: Policy, as_of: date, notifier: Notifier) -> int:
     """Alert operators once about each outage window not alerted yet; returns how many.
 
-    One alert for all such windows, to `outage.ops_email` when it is set. A dry run alerts
-    nobody.
+    One alert for all such windows, mailed to `outage.ops_email` when it is set.
     """
-    if dry_run:
+    windows = conn.execute(
+        select(OUTAGES).where(OUTAGES.c.alerted_on.is_(None)).order_by(OUTAGES.c.id)
+    ).all()
+    if not windows:
         return 0
-    with engine.begin() as conn:
-        windows = conn.execute(
-            select(OUTAGES).where(OUTAGES.c.alerted_on.is_(None)).order_by(OUTAGES.c.id)
-        ).all()
-        if not windows:
-            return 0
-        gateways = ", ".join(sorted({w.gateway for w in windows}))
-        notifier.alert(
-            "gateway-outage",
-            f"payment gateway outage ({gateways})",
-            alert_markdown(windows),
-            policy.outage.ops_email,
-        )
-        conn.execute(
-            update(OUTAGES)
-            .where(OUTAGES.c.id.in_([w.id for w in windows]))
-            .values(alerted_on=as_of)
-        )
+    gateways = ", ".join(sorted({w.gateway for w in windows}))
+    notifier.alert(
+        "gateway-outage",
+        f"payment gateway outage ({gateways})",
+        alert_markdown(windows),
+        policy.outage.ops_email,
+    )
+    conn.execute(
+        update(OUTAGES).where(OUTAGES.c.id.in_([w.id for w in windows])).values(alerted_on=as_of)
+    )
     return len(windows)
