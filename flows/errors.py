@@ -99,3 +99,22 @@ class NotRendered(DeliveryError):
     body with the subject), but a lost row must fail its message, not stop the delivery."""
 
     reason = "not_rendered"
+
+
+class UndeliverableMessage(DeliveryError):
+    """A message that cannot go out as it is, whoever receives it: an address whose local part
+    is not ASCII when the server does not offer SMTPUTF8, or text that cannot be encoded for
+    the wire. The message fails alone with `reason`; the address is not blamed."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        super().__init__(detail)
+
+
+class DeliveryInDoubt(DeliveryError):
+    """The connection failed (dropped, timed out) after the whole message was transmitted,
+    the end of DATA included, and before the server's reply to it: the server may have
+    accepted it (RFC 5321 §6.1). The message goes `unknown` for an operator; it is never
+    resent automatically, which could deliver it twice."""
+
+    reason = "in_doubt"

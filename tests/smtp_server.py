@@ -7,18 +7,21 @@
 
 It can also be told to refuse the next messages with a given reply, or to drop the
 connection instead of answering, to exercise transient (4xx, disconnect) and permanent (5xx)
-failures end to end.
+failures end to end. `ScriptedSmtpServer` is a raw one that drops the connection in a chosen
+phase of the transaction (RCPT, the DATA command, the middle of the content, after its end).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -79,6 +82,7 @@ class RecordingHandler:
         self.at_once = 0
         self.most_at_once = 0
         self.greetings = 0
+        self.rcpt_stalls: deque[Stall] = deque()
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -96,6 +100,18 @@ class RecordingHandler:
             return "421 4.3.0 closed"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        with self.lock:
+            stall = self.rcpt_stalls.popleft() if self.rcpt_stalls else None
+        if stall is not None:
+            await asyncio.sleep(stall.seconds)
+            return "451 4.4.2 stalled"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
@@ -133,9 +149,10 @@ class SmtpServer:
         tls: ssl.SSLContext | None = None,
         starttls: ssl.SSLContext | None = None,
         login: tuple[str, str] | None = None,
+        smtputf8: bool = False,
     ) -> None:
         """`tls`: implicit TLS with this context; `starttls`: offer and require STARTTLS;
-        `login`: require AUTH with this (username, password)."""
+        `login`: require AUTH with this (username, password); `smtputf8`: offer SMTPUTF8."""
         self.handler = RecordingHandler()
         self.host = HOST
         self.port = free_port()
@@ -154,6 +171,7 @@ class SmtpServer:
             port=self.port,
             server_hostname="localhost",
             ssl_context=tls,
+            enable_SMTPUTF8=smtputf8,
             **options,
         )
 
@@ -184,7 +202,8 @@ class SmtpServer:
             self.handler.faults.append(Closing(reply))
 
     def drop_connection(self, times: int = 1) -> None:
-        """Close the connection instead of answering the next `times` messages."""
+        """Close the connection instead of answering the next `times` messages: after their
+        end of DATA, so whether they were accepted is unknown to the client."""
         with self.handler.lock:
             self.handler.faults.extend([None] * times)
 
@@ -192,6 +211,11 @@ class SmtpServer:
         """Say nothing for `seconds` after the next `times` messages' data."""
         with self.handler.lock:
             self.handler.faults.extend([Stall(seconds)] * times)
+
+    def stall_recipient(self, seconds: float) -> None:
+        """Say nothing for `seconds` after the next RCPT: a timeout before any data."""
+        with self.handler.lock:
+            self.handler.rcpt_stalls.append(Stall(seconds))
 
     def slow_down(self, seconds: float) -> None:
         """Take `seconds` to accept each message from now on."""
@@ -207,6 +231,94 @@ class SmtpServer:
     def emails(self) -> list[EmailMessage]:
         """Every message accepted so far, parsed."""
         return [envelope.parse() for envelope in self.envelopes]
+
+
+DROP_PHASES = ("rcpt", "data_command", "mid_data", "after_end_of_data")
+
+
+class ScriptedSmtpServer:
+    """A raw SMTP server on 127.0.0.1 that drops the first transaction's connection in one
+    phase, then accepts every message; it stops by itself after `seconds`.
+
+    `drop_at`: "rcpt" (no reply to RCPT), "data_command" (no 354 to DATA), "mid_data" (reads
+    64 KiB of the content, then closes: a client sending more has not sent the end of DATA;
+    the receive buffer is kept small so the client cannot have), "after_end_of_data" (reads
+    the whole message and its final dot, keeps it, and closes without the 250: the lost-reply
+    case of RFC 5321 §6.1). `received` holds every message whose end of DATA arrived.
+    """
+
+    def __init__(self, drop_at: str, seconds: float = 30.0) -> None:
+        assert drop_at in DROP_PHASES, drop_at
+        self.drop_at = drop_at
+        self.received: list[bytes] = []
+        self.host, self._dropped = HOST, False
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self._listener.bind((HOST, 0))
+        self._listener.listen()
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self._until = time.monotonic() + seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> ScriptedSmtpServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._listener.close()
+
+    def env(self) -> dict[str, str]:
+        return {"COLLECTFLOW_SMTP_HOST": self.host, "COLLECTFLOW_SMTP_PORT": str(self.port)}
+
+    def _serve(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self._until:
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            with conn, contextlib.suppress(OSError):  # OSError: the client went away
+                conn.settimeout(5)
+                self._session(conn, conn.makefile("rb"))
+
+    def _drop_here(self, phase: str) -> bool:
+        if self._dropped or self.drop_at != phase:
+            return False
+        self._dropped = True
+        return True
+
+    def _session(self, conn: socket.socket, reader: Any) -> None:
+        conn.sendall(b"220 localhost scripted\r\n")
+        while line := reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                conn.sendall(b"250-localhost\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
+            elif verb == b"RCPT" and self._drop_here("rcpt"):
+                return
+            elif verb == b"DATA":
+                if self._drop_here("data_command"):
+                    return
+                conn.sendall(b"354 end with <CRLF>.<CRLF>\r\n")
+                if self._drop_here("mid_data"):
+                    reader.read(64 * 1024)
+                    return
+                lines = []
+                while (data := reader.readline()) not in (b".\r\n", b""):
+                    lines.append(data)
+                if not data:
+                    return
+                self.received.append(b"".join(lines))
+                if self._drop_here("after_end_of_data"):
+                    return
+                conn.sendall(b"250 2.0.0 queued\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"221 bye\r\n")
+                return
+            else:  # HELO, MAIL, RCPT, RSET, NOOP
+                conn.sendall(b"250 OK\r\n")
 
 
 def free_port() -> int:

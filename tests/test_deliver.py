@@ -573,7 +573,7 @@ def test_a_stalled_server_times_out_and_the_message_is_retried(
     monkeypatch.setenv("COLLECTFLOW_SMTP_TIMEOUT", "0.3")
     get_settings.cache_clear()
     message_id = overdue_reminder(engine)
-    smtp.stall(2.0)
+    smtp.stall_recipient(2.0)  # silent before any data: nothing can have been accepted
 
     report = deliver_due(engine, get_settings(), AS_OF)
 
@@ -584,6 +584,24 @@ def test_a_stalled_server_times_out_and_the_message_is_retried(
     report = deliver_due(engine, get_settings(), AS_OF, now=row.next_attempt_at)
 
     assert report.sent == 1 and len(smtp.envelopes) == 1
+
+
+def test_a_server_silent_after_the_end_of_data_leaves_the_message_in_doubt(
+    engine: Engine, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLLECTFLOW_SMTP_TIMEOUT", "0.3")
+    get_settings.cache_clear()
+    message_id = overdue_reminder(engine)
+    smtp.stall(2.0)  # the whole message is in, the reply never comes in time
+
+    report = deliver_due(engine, get_settings(), AS_OF)
+
+    assert (report.sent, report.retrying, report.in_doubt) == (0, 0, [message_id])
+    row = message_row(engine, message_id)
+    assert row.status == "unknown" and "Timeout" in row.last_error
+    assert (
+        deliver_due(engine, get_settings(), AS_OF, now=datetime(2025, 3, 11, tzinfo=UTC)).sent == 0
+    )
 
 
 def test_an_unreachable_server_leaves_the_message_planned(
@@ -621,12 +639,12 @@ def test_a_dropped_connection_is_reopened_for_the_next_message(
 ) -> None:
     monkeypatch.setenv("COLLECTFLOW_SMTP_CONCURRENCY", "1")
     get_settings.cache_clear()
-    reminders_to_customers(engine, 3)
-    smtp.drop_connection()
+    first, *_ = reminders_to_customers(engine, 3)
+    smtp.drop_connection()  # after the first message's end of DATA: in doubt, not retried
 
     report = deliver_due(engine, get_settings(), AS_OF, batch_size=1)
 
-    assert (report.sent, report.retrying) == (2, 1)
+    assert (report.sent, report.retrying, report.in_doubt) == (2, 0, [first])
     assert len(smtp.envelopes) == 2
     assert smtp.handler.greetings == 2
 

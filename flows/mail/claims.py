@@ -291,8 +291,9 @@ class Result:
 
 def result_params(result: Result, worker: str) -> dict[str, Any]:
     """The parameters of `WRITE_RESULT` (and `WRITE_RESULT_LOGGED`) for one result: a message
-    that is done for good (failed, bounced) keeps who tried it last; a retry is released."""
-    done = result.status in (FAILED, BOUNCED)
+    that is done for good (failed, bounced) or in doubt keeps who tried it last; a retry is
+    released."""
+    done = result.status in (FAILED, BOUNCED, IN_DOUBT)
     return {
         "b_id": result.message_id,
         "b_status": result.status,

@@ -18,14 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import message_from_string, policy
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import format_datetime, parseaddr
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
+import idna
+
 from collectflow.flows.config import Settings
-from collectflow.flows.errors import ConfigError, DeliveryError, NotRendered
+from collectflow.flows.errors import ConfigError, DeliveryError, NotRendered, UndeliverableMessage
 
 MAX_LINE = 78  # RFC 5322's recommended header line length
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -53,10 +56,12 @@ def sender_domain(settings: Settings) -> str:
 
 
 class Mailbox(NamedTuple):
-    """A display name (one line, maybe empty) and one checked addr-spec."""
+    """A display name (one line, maybe empty) and one checked addr-spec, its domain in ASCII
+    (IDNA); `smtputf8` when its local part is not ASCII (RFC 6531)."""
 
     name: str
     address: str
+    smtputf8: bool = False
 
 
 def recipient(name: str | None, address: str) -> Mailbox:
@@ -65,21 +70,46 @@ def recipient(name: str | None, address: str) -> Mailbox:
     Whitespace and control characters in the name (CR/LF included) become single spaces: a
     name is display text, and this keeps a hostile name inside the quoted display name.
     Common addresses are checked by a strict pattern; the rest (quoted local parts,
-    non-ASCII) by the stdlib's RFC 5322 parser, which is a hundred times slower.
+    non-ASCII) by the stdlib's RFC 5322 parser, which is a hundred times slower. An
+    internationalised domain is written as IDNA A-labels (punycode), which every server
+    reads; a non-ASCII local part has no ASCII form and needs SMTPUTF8.
     """
     if "\r" in address or "\n" in address:
         raise DeliveryError(f"{address!r} contains a line break; fix the customer's email")
     if PLAIN_ADDRESS.fullmatch(address):
         return Mailbox(one_line(name or ""), address)
+    # RFC 6531 allows any non-ASCII character where a letter may be; the stdlib parser
+    # refuses them in a local part, so it checks the form with each one as an "x".
+    probe = "".join(char if char.isascii() else "x" for char in address)
     try:
-        mailbox = Address(display_name=one_line(name or ""), addr_spec=address)
-    except (ValueError, IndexError) as exc:  # IndexError: the stdlib parser on "name@"
+        mailbox = Address(addr_spec=probe)
+    except (ValueError, IndexError, HeaderParseError) as exc:  # IndexError: on "name@"
         raise DeliveryError(
             f"{address!r} is not a single email address ({exc}); fix the customer's email"
         ) from exc
     if not mailbox.username or not mailbox.domain:
         raise DeliveryError(f"{address!r} lacks a user or a domain; fix the customer's email")
-    return Mailbox(mailbox.display_name, mailbox.addr_spec)
+    local, _, domain = address.strip().rpartition("@")
+    return Mailbox(one_line(name or ""), f"{local}@{ascii_domain(domain, address)}",
+                   not local.isascii())  # fmt: skip
+
+
+def ascii_domain(domain: str, address: str) -> str:
+    """The domain as IDNA 2008 A-labels (UTS #46 mapping, as browsers and mail servers do).
+
+    The `idna` package rather than Python's "idna" codec, which implements IDNA 2003 and
+    maps "ß" to "ss": another domain than the customer's, so mail to the
+    wrong people. Raises DeliveryError for a domain that IDNA refuses.
+    """
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise DeliveryError(
+            f"{address!r}: the domain is not a valid internationalised domain ({exc}); "
+            "fix the customer's email"
+        ) from exc
 
 
 def unsubscribe_mailto(settings: Settings, domain: str, customer_id: str) -> str:
@@ -130,6 +160,7 @@ class Email:
     recipient: str
     message_id: str
     data: bytes
+    smtputf8: bool = False
 
     @classmethod
     def of(cls, message: EmailMessage) -> Email:
@@ -151,10 +182,12 @@ class Composer:
         self.domain = sender_domain(settings)
         unsubscribe_url(settings, "check")  # a {token} without a secret fails here, once
         self._settings = settings
-        _, self.sender = parseaddr(settings.smtp_from)
-        fixed = [("From", _mailbox(settings.smtp_from))]
-        if settings.reply_to:
-            fixed.append(("Reply-To", _mailbox(settings.reply_to)))
+        sender = _configured(settings.smtp_from, "COLLECTFLOW_SMTP_FROM")
+        self.sender = sender.address
+        reply_to = (
+            _configured(settings.reply_to, "COLLECTFLOW_REPLY_TO") if settings.reply_to else sender
+        )
+        fixed = [("From", _mailbox_of(sender)), ("Reply-To", _mailbox_of(reply_to))]
         self._fixed = "".join(_header(name, value) for name, value in fixed)
         self._date_second = -1
         self._date_value = ""
@@ -176,7 +209,8 @@ class Composer:
         """The email for a rendered message row.
 
         `row` holds the message's key, kind, customer_id, customer_name, to_address, subject,
-        body_mime (`mime_body`, stored at render) and message_id_header.
+        body_mime (`mime_body`, stored at render) and message_id_header. Internal mail (to
+        a colleague) is addressed to the bare address, never under the customer's name.
         `earlier` lists the Message-IDs of the case's reminders already sent, oldest first:
         the email replies to the latest and references them all, so mail clients show the
         stages as one conversation.
@@ -185,21 +219,28 @@ class Composer:
         if not row["body_mime"]:
             raise NotRendered(f"message {row['key']} has no rendered body; render it again")
         message_id = self.message_id(row)
-        to = recipient(row["customer_name"], row["to_address"])
+        internal = row["kind"] == "internal"
+        to = recipient(None if internal else row["customer_name"], row["to_address"])
         headers = [
             ("To", _mailbox_of(to)),
             ("Subject", _unstructured(row["subject"] or "")),
             ("Date", self._date()),
             ("Message-ID", message_id),
         ]
-        if row["kind"] != "internal":
+        if not internal:
             unsubscribe = list_unsubscribe(self._settings, self.domain, row["customer_id"])
             headers += unsubscribe.items()
         thread = [mid for mid in earlier if mid != message_id]
         if thread:
             headers += [("In-Reply-To", thread[-1]), ("References", " ".join(thread))]
         head = self._fixed + "".join(_header(name, value) for name, value in headers)
-        return Email(self.sender, to.address, message_id, (head + row["body_mime"]).encode("ascii"))
+        try:
+            data = (head + row["body_mime"]).encode("utf-8" if to.smtputf8 else "ascii")
+        except UnicodeEncodeError as exc:
+            raise UndeliverableMessage(
+                "unencodable", f"message {row['key']}: text that cannot be sent ({exc})"
+            ) from exc
+        return Email(self.sender, to.address, message_id, data, to.smtputf8)
 
 
 def mime_body(text: str | None, html: str | None, key: str) -> str:
@@ -269,16 +310,58 @@ def _unstructured(value: str) -> str:
     return _encoded_words(line)
 
 
-def _mailbox(value: str) -> str:
-    """A configured `Name <address>` as one safe header value."""
+def _configured(value: str, setting: str) -> Mailbox:
+    """A configured `Name <address>` (From, Reply-To) as a checked mailbox."""
     name, address = parseaddr(one_line(value))
-    return formataddr((name, address), charset="utf-8")
+    try:
+        return recipient(name, address)
+    except DeliveryError as exc:
+        raise ConfigError(f"{setting} {value!r}: {exc}") from exc
+
+
+NAME_MAX = 100  # characters of a display name kept: a name, not a letter
+SPECIALS = re.compile(r'[][\\()<>@,:;".]')
+
+
+def display_name(name: str) -> str:
+    """A display name as a header phrase that no reader can turn into more than a name.
+
+    One line, at most NAME_MAX characters (a longer one ends in "..."), so its header line
+    stays far under 998 octets even where a long word cannot fold. ASCII stays readable
+    (quoted when it holds specials); anything else, or a name that holds "=?" (a decoder
+    would read it as an encoded word, which can carry CR LF), is written as RFC 2047 encoded
+    words of its own text (`_phrase_words`).
+    """
+    name = one_line(name)
+    if len(name) > NAME_MAX:
+        name = name[: NAME_MAX - 3].rstrip() + "..."
+    if not name.isascii() or "=?" in name:
+        return _phrase_words(name)
+    if not SPECIALS.search(name):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _phrase_words(text: str) -> str:
+    """Encoded words for a phrase, split at the text's own spaces where a word must end,
+    each space kept inside the word before it: RFC 2047 readers drop the whitespace between
+    encoded words. (Python's email package keeps it in a phrase, so it reads one space more
+    there; nothing else.)"""
+    chunks = [""]
+    for word in text.split(" "):
+        joined = f"{chunks[-1]} {word}" if chunks[-1] else word
+        if chunks[-1] and len(joined.encode("utf-8")) > WORD_BYTES:
+            chunks[-1] += " "
+            chunks.append(word)
+        else:
+            chunks[-1] = joined
+    return " ".join(_encoded_words(chunk) for chunk in chunks if chunk)
 
 
 def _mailbox_of(mailbox: Mailbox) -> str:
-    """A checked mailbox as a header value: the name quoted, or one encoded word if not ASCII
-    (split encoded words in a name are read back with spaces by some parsers)."""
-    return formataddr(mailbox, charset="utf-8")
+    """A checked mailbox as a header value: `display name <address>`, or the bare address."""
+    phrase = display_name(mailbox.name)
+    return f"{phrase} <{mailbox.address}>" if phrase else mailbox.address
 
 
 WORD_BYTES = 42  # 56 in base64: a word of 68 characters fits a line after "Subject: "

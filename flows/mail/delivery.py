@@ -71,7 +71,8 @@ Clock = Callable[[], datetime]
 class DeliveryReport:
     """What one delivery did. `retrying`: transient failures waiting for their backoff;
     `deferred`: held back by a contact rule (quiet hours, cap); `in_doubt`: ids of messages
-    found in flight from a worker that stopped, now `unknown` and queued for an operator."""
+    now `unknown` and queued for an operator: found in flight from a worker that stopped, or
+    whose server reply was lost after the end of DATA."""
 
     sent: int = 0
     suppressed: dict[str, int] = field(default_factory=dict)
@@ -129,7 +130,6 @@ class Delivery:
         self.report = DeliveryReport()
         self._pending: list[Result] = []
         self._flush = asyncio.Event()
-        self._unexpected: list[BaseException] = []
 
     async def run(self, batch_size: int) -> None:
         """Claim batches while anything is due, with senders and the recorder running along.
@@ -162,8 +162,6 @@ class Delivery:
             self._flush.set()
             await recorder
             await transport.close()
-        if self._unexpected:  # left `sending`: whether they went out is unknown; never resend
-            raise self._unexpected[0]
 
     async def _produce(self, queue: asyncio.Queue[_Job | None], batch_size: int) -> None:
         """Claim whenever the queue is half empty, only as much as fits: what is claimed and
@@ -189,13 +187,13 @@ class Delivery:
             message_id = job.row["id"]
             try:
                 email = self.composer.compose(job.row, job.earlier)
-            except DeliveryError as exc:  # the address, or no body (NotRendered)
+            except DeliveryError as exc:  # the address, the encoding, or no body (NotRendered)
                 reason = getattr(exc, "reason", "invalid_address")
                 self._done(Result(message_id, FAILED, reason, str(exc)))
                 continue
-            except Exception as exc:  # a bug: the run stops, leaving the message in doubt
+            except Exception as exc:  # a bug, but nothing went out: this message fails alone
                 log.exception("message %s: unexpected error while building it", message_id)
-                self._unexpected.append(exc)
+                self._done(Result(message_id, FAILED, "compose_error", _described(exc)))
                 continue
             await limit.wait()
             try:
@@ -203,9 +201,10 @@ class Delivery:
             except SEND_FAILURES as exc:
                 attempts = job.row["attempts"]
                 self._done(failure(message_id, exc, attempts, self.settings, self.clock))
-            except Exception as exc:  # a bug: record nothing, so the message ends in doubt
+            except Exception as exc:  # a bug mid-send: whether it went out is unknown
                 log.exception("message %s: unexpected error while sending", message_id)
-                self._unexpected.append(exc)
+                self._done(Result(message_id, IN_DOUBT, "in_doubt: unexpected error while "
+                                  "sending", _described(exc)))  # fmt: skip
             else:
                 self._done(Result(message_id, SENT))
 
@@ -381,6 +380,11 @@ class Delivery:
         bounced = [mid for mid, _ in held if by_id[mid].status == BOUNCED]
         if bounced:
             self._bounce(conn, bounced, now)
+        doubtful = [mid for mid, _ in held if by_id[mid].status == IN_DOUBT]
+        if doubtful:
+            cases = select(MESSAGES.c.case_id, MESSAGES.c.customer_id)
+            cases = cases.where(MESSAGES.c.id.in_(doubtful)).distinct()
+            queue_cases(conn, cases, "delivery_in_doubt", self.as_of)
         for mid, _ in held:
             self._tally(by_id[mid])
 
@@ -396,8 +400,14 @@ class Delivery:
             self.report.retrying += 1
         elif result.status == BOUNCED:
             self.report.bounced += 1
+        elif result.status == IN_DOUBT:
+            self.report.in_doubt.append(result.message_id)
         else:
             _count(self.report.failed, [str(result.reason).split(":")[0]])
+
+
+def _described(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _warn_lost(ids: set[int]) -> None:
