@@ -7,20 +7,27 @@ raw scripted one that drops the connection in a chosen phase (`ScriptedSmtpServe
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from email import message_from_string, policy
 from email.parser import BytesParser
+from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from typer.testing import CliRunner
 
 from collectflow.flows.cli.app import app
 from collectflow.flows.config import Settings, get_settings
 from collectflow.flows.mail import mime_body, resolve_in_doubt
+from collectflow.flows.mail.workers import worker_name
 from collectflow.flows.steps import deliver_due
-from collectflow.models import ContactBlock, MessageContent, QueueItem
+from collectflow.models import ContactBlock, Message, MessageContent, QueueItem
+from tests.ledger import Ledger
 from tests.smtp_server import ScriptedSmtpServer, SmtpServer
 from tests.test_deliver import (
     AS_OF,
@@ -31,10 +38,12 @@ from tests.test_deliver import (
     message_row,
     overdue_reminder,
 )
+from tests.test_delivery_guarantees import COLLECTFLOW, arrivals, seed_reminders, statuses
 
 BLOCKS = ContactBlock.__table__
 QUEUE = QueueItem.__table__
 CONTENTS = MessageContent.__table__
+MESSAGES = Message.__table__
 LATER = datetime(2025, 3, 12, tzinfo=UTC)  # long after any backoff or lease
 
 
@@ -235,3 +244,92 @@ def test_a_name_that_is_an_encoded_word_with_cr_lf_stays_text(
     assert " ".join(to.display_name.split()) == name, "(Python reads a space more between words)"
     strict = BytesParser(policy=policy.strict).parsebytes(envelope.content)
     assert "\r" not in str(strict["To"]) and "\n" not in str(strict["To"])
+
+
+# --- 6. a killed run: its messages in doubt at once ------------------------------------------
+
+
+def test_a_killed_delivery_is_found_by_the_next_one_at_once_in_doubt_and_never_resent(
+    engine: Engine, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    seed_reminders(engine, 300)
+    smtp.slow_down(0.02)  # 4 connections: about 200 messages a second
+    deliver = [*COLLECTFLOW, "deliver", "--as-of", AS_OF.isoformat(), "--json"]
+    with (tmp_path / "killed.log").open("w") as log:  # the lease stays 900 s: never expires
+        worker = subprocess.Popen(deliver, stdout=log, stderr=log)
+        while len(smtp.envelopes) < 50:
+            assert worker.poll() is None, (tmp_path / "killed.log").read_text()
+            time.sleep(0.01)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    killed = statuses(engine)
+    in_flight = {n for n, status in killed.items() if status == "sending"}
+    assert in_flight
+
+    restart = subprocess.run(deliver, capture_output=True, text=True, check=True)
+
+    report = json.loads(restart.stdout)
+    assert sorted(report["in_doubt"]) == sorted(in_flight), "found at once, every one"
+    assert "in doubt" in restart.stderr
+    final = statuses(engine)
+    assert {n for n, status in final.items() if status == "unknown"} == in_flight
+    assert {n for n, status in final.items() if status == "sent"} == set(killed) - in_flight
+    assert max(arrivals(smtp).values()) == 1, "nothing sent twice"
+    listed = CliRunner().invoke(app, ["in-doubt", "--json"])
+    rows = json.loads(listed.stdout)["in_doubt"]
+    assert {row["id"] for row in rows} == in_flight
+    assert all("process is gone" in row["status_reason"] for row in rows)
+
+
+def test_in_doubt_lists_the_messages_of_a_dead_worker_without_waiting_for_its_lease(
+    engine: Engine, settings: Settings
+) -> None:
+    seed_reminders(engine, 2)
+    dead = f"{socket.gethostname()}:{_pid_of_finished_process()}:abc123"
+    lease = datetime.now(UTC) + timedelta(minutes=15)
+    with engine.begin() as conn:  # message 2: claimed by this very process, alive
+        for message_id, claimer in ((1, dead), (2, worker_name())):
+            claimed = {"status": "sending", "claimed_by": claimer, "lease_until": lease}
+            conn.execute(update(MESSAGES).where(MESSAGES.c.id == message_id).values(**claimed))
+
+    listed = CliRunner().invoke(app, ["in-doubt", "--json"])
+
+    assert listed.exit_code == 0, listed.output
+    assert [row["id"] for row in json.loads(listed.stdout)["in_doubt"]] == [1]
+    assert statuses(engine) == {1: "unknown", 2: "sending"}
+
+
+def test_the_rerun_of_a_killed_day_reports_what_it_found_in_doubt(
+    engine: Engine, settings: Settings, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    due = date(2026, 3, 2)
+    ledger = Ledger()
+    ledger.customer("LATE")
+    ledger.history("LATE", due)
+    ledger.invoice("INV-LATE", "LATE", due)
+    ledger.load(engine, tmp_path / "ledger", settings)
+    day = (due - timedelta(days=3)).isoformat()
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", "--as-of", day, "--skip-delivery"]).exit_code == 0
+    with engine.begin() as conn:  # the run that delivered it was killed mid-send
+        dead = f"{socket.gethostname()}:{_pid_of_finished_process()}:abc123"
+        [message_id] = conn.execute(
+            update(MESSAGES).values(status="sending", claimed_by=dead,
+                                    lease_until=datetime.now(UTC) + timedelta(minutes=15))
+            .returning(MESSAGES.c.id)
+        ).scalars()  # fmt: skip
+
+    rerun = runner.invoke(app, ["run", "--as-of", day, "--json"])
+
+    assert rerun.exit_code == 0, rerun.output
+    summary = json.loads(rerun.stdout)
+    assert summary["in_doubt"] == [message_id]
+    assert any("in doubt" in note for note in summary["notes"])
+    assert smtp.envelopes == [], "not resent"
+
+
+def _pid_of_finished_process() -> int:
+    """The pid of a process that has run and been reaped: no process has it now."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid

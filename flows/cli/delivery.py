@@ -40,7 +40,8 @@ def deliver(
     if report.in_doubt:
         err.print(
             f"[yellow]{len(report.in_doubt)} message(s) in doubt[/] (a worker stopped while "
-            "sending them); they are queued, not resent: see `collectflow in-doubt`"
+            "sending them, or the server's reply to their end of DATA was lost); they are "
+            "queued, not resent: see `collectflow in-doubt`"
         )
     if as_json:
         emit_json(report.to_dict())
@@ -84,17 +85,23 @@ def in_doubt(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Messages whose worker stopped while sending them: list them, or settle each one.
+    """Messages that may or may not have arrived: list them, or settle each one.
 
-    Look each Message-ID up in the mail server's log; then --mark-sent or --resend it.
+    In doubt: the server's reply to the end of DATA was lost, or the worker sending them
+    stopped (its process gone, or its lease expired; found now, too). Look each Message-ID
+    up in the mail server's log; then --mark-sent or --resend it.
     """
+    from datetime import UTC, datetime
+
     from collectflow.flows.mail.outbox import in_doubt as doubtful
     from collectflow.flows.mail.outbox import resolve_in_doubt
+    from collectflow.flows.mail.workers import recheck_expired_leases, worker_name
     from collectflow.flows.pipeline import business_today
 
     settings = get_settings()
     engine = engine_for(settings)
     today = business_today(settings)
+    recheck_expired_leases(engine, today, datetime.now(UTC), worker_name())
     settled = {
         "sent": resolve_in_doubt(engine, mark_sent, True, today, "operator") if mark_sent else [],
         "resend": resolve_in_doubt(engine, resend, False, today, "operator") if resend else [],

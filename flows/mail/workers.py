@@ -2,8 +2,10 @@
 recovery from a worker that stopped while holding claims.
 
 A worker claims messages under a lease (`claimed_by`, `lease_until`). One that dies between
-claiming and recording leaves them `sending`; the next delivery finds them with an expired
-lease and moves them to `unknown`: reported and queued for an operator, never resent.
+claiming and recording leaves them `sending`; the next delivery (or `collectflow in-doubt`)
+moves them to `unknown`: reported and queued for an operator, never resent. It knows at once
+when the claimer was a process of this host that no longer exists (`worker_name` holds the
+host and pid), and otherwise when the lease has expired.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import multiprocessing
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func, literal, select
@@ -34,6 +37,37 @@ T = TypeVar("T")
 def worker_name() -> str:
     """Who claims: host, process and a random tag, unique across restarts."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def dead_workers(names: Iterable[str]) -> list[str]:
+    """Of these `worker_name`s, the ones of this host whose process no longer runs.
+
+    A worker on another host, or one whose pid is taken again by another process, is not
+    known dead: its claims wait for their lease to expire.
+    """
+    host = socket.gethostname()
+    dead = []
+    for name in names:
+        claim_host, pid, _ = [*name.rsplit(":", 2), "", ""][:3]
+        if claim_host == host and pid.isdigit() and not _running(int(pid)):
+            dead.append(name)
+    return dead
+
+
+def _running(pid: int) -> bool:
+    """Whether a process `pid` exists and has not exited (a zombie, killed and not yet
+    reaped by its parent, has)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS): it exists, so it runs
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def in_processes(work: Callable[..., T], args: tuple[Any, ...], count: int) -> list[T]:
@@ -62,17 +96,26 @@ def worker_context(preload: str) -> multiprocessing.context.BaseContext:
 
 
 def recheck_expired_leases(engine: Engine, as_of: date, now: datetime, worker: str) -> list[int]:
-    """Move messages left `sending` past their lease to `unknown`, and queue their cases.
+    """Move messages left `sending` by a stopped worker to `unknown`, and queue their cases:
+    those whose claimer is a dead process of this host, at once, and the rest of those past
+    their lease. Returns their ids.
 
     Their worker stopped between claiming and recording: each may or may not have reached
     the mail server. Resending blindly could send twice, so they wait for an operator.
     """
     with engine.begin() as conn:
         take_write_lock(conn)
-        reason = literal("in flight when its worker stopped (lease expired): ") + func.coalesce(
-            MESSAGES.c.claimed_by, ""
-        )
-        ids = move(conn, MESSAGES.c.lease_until < now, SENDING, IN_DOUBT, reason, now, worker)
+        claimers = select(MESSAGES.c.claimed_by).where(MESSAGES.c.status == SENDING).distinct()
+        dead = dead_workers(name for name in conn.scalars(claimers) if name)
+        ids = []
+        for gone, why in (
+            (MESSAGES.c.claimed_by.in_(dead), "its process is gone"),
+            (MESSAGES.c.lease_until < now, "lease expired"),
+        ):
+            reason = literal(f"in flight when its worker stopped ({why}): ") + func.coalesce(
+                MESSAGES.c.claimed_by, ""
+            )
+            ids += move(conn, gone, SENDING, IN_DOUBT, reason, now, worker)
         if ids:
             log.warning("%d message(s) in doubt, queued for an operator: %s", len(ids), ids)
             cases = select(MESSAGES.c.case_id, MESSAGES.c.customer_id).where(MESSAGES.c.id.in_(ids))

@@ -41,10 +41,11 @@ class DaySummary:
 
     skipped: bool = False
     causes: dict[str, int] = field(default_factory=dict)  # reminders new this run, by cause
+    in_doubt: list[int] = field(default_factory=list)  # messages delivery left `unknown`
 
     @property
     def nothing_new(self) -> bool:
-        return not self.messages and self.sent == 0 and self.escalated == 0
+        return not self.messages and self.sent == 0 and self.escalated == 0 and not self.in_doubt
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -102,7 +103,13 @@ def summarize_day(
         outcomes=outcomes.outcomes,
         already_planned_today=earlier,
         causes=causes_of_new_reminders(conn, first_new_id),
+        in_doubt=list(delivered.in_doubt) if delivered else [],
     )
+    if summary.in_doubt:
+        summary.notes.append(
+            f"{len(summary.in_doubt)} message(s) in doubt, not resent (a stopped worker's, or "
+            "a lost server reply after the end of DATA): see `collectflow in-doubt`"
+        )
     if summary.nothing_new:
         summary.notes.append(
             f"nothing new for {as_of.isoformat()}: {earlier} message(s) were already planned "
