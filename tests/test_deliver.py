@@ -382,6 +382,36 @@ def test_reply_to_and_a_configured_unsubscribe_box_are_used(
     assert email["List-Unsubscribe"] == "<mailto:optout@example.com?subject=unsubscribe-C1>"
 
 
+def test_replies_go_to_the_from_address_when_no_reply_to_is_set(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    overdue_reminder(engine)
+
+    deliver_due(engine, get_settings(), AS_OF)
+
+    [email] = smtp.emails
+    assert email["Reply-To"] == email["From"] == "Accounts Receivable <billing@example.com>"
+
+
+def test_mail_to_a_colleague_is_addressed_to_them_not_under_the_customers_name(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    reminder = overdue_reminder(engine, name="Mary Garcia", to_address="mary@example.org")
+    case_id = message_row(engine, reminder).case_id
+    with engine.begin() as conn:
+        add_message(conn, case_id, "C1", [], kind="internal",
+                    to_address="emily.carter@example.com",
+                    subject="Escalation: Mary Garcia (C1) owes 1,234.56 EUR")  # fmt: skip
+
+    deliver_due(engine, get_settings(), AS_OF)
+
+    by_address = {email["To"].addresses[0].addr_spec: email for email in smtp.emails}
+    to_colleague = by_address["emily.carter@example.com"]
+    assert str(to_colleague["To"]) == "emily.carter@example.com"
+    assert "Mary Garcia" in to_colleague["Subject"]
+    assert by_address["mary@example.org"]["To"].addresses[0].display_name == "Mary Garcia"
+
+
 def test_internal_messages_carry_no_unsubscribe_header(engine: Engine, smtp: SmtpServer) -> None:
     reminder = overdue_reminder(engine)
     case_id = message_row(engine, reminder).case_id
