@@ -2,11 +2,12 @@
 
     planned ──claim──► sending ──► sent | failed | bounced | planned (retry later)
        │                  │
-       └──► suppressed    └──lease expired──► unknown ──operator──► sent | planned
+       └──► suppressed    └──reply lost / worker gone──► unknown ──operator──► sent | planned
 
 A message is `sending` while a worker holds its claim (`claimed_by`, `lease_until`). A worker
-that dies leaves it there; once the lease has expired, the message is moved to `unknown`
-(in doubt: it may or may not have reached the server) and reported, never resent by itself.
+that dies leaves it there; once its process is known gone or the lease has expired, the
+message is moved to `unknown` (in doubt: it may or may not have reached the server) and
+reported, never resent by itself. So is one whose server reply was lost after the end of DATA.
 An operator then confirms it sent or asks for it to be sent again (`resolve_in_doubt`).
 """
 

@@ -10,14 +10,15 @@ re-check each just before sending (still owed, case not paused, customer not opt
 address not bounced: otherwise `suppressed` with the reason), hold back what the contact
 rules defer (quiet hours, the cap), and mark the rest `sending` under this worker's lease.
 The recorder writes results every few tenths of a second, so a crash leaves unconfirmed only
-what was claimed and not yet recorded. Such messages are found `sending` with an expired
-lease by the next delivery and moved to `unknown` (`mail.workers.recheck_expired_leases`):
-reported and queued for an operator, never resent.
+what was claimed and not yet recorded. The next delivery moves such messages to `unknown`
+(`mail.workers.recheck_expired_leases`): at once when their worker's process is gone, else
+when the lease has expired; reported and queued for an operator, never resent.
 
-Transient failures (4xx, dropped connection, timeout) go back to `planned` with an
-exponential backoff (`next_attempt_at`) until MAX_ATTEMPTS; a 5xx answer to the recipient
-or the data is permanent: the message is `bounced`, the address blocked, the case queued
-(`mail.retry`).
+Transient failures (4xx; a dropped connection or a timeout before the end of DATA was
+transmitted) go back to `planned` with an exponential backoff (`next_attempt_at`) until
+MAX_ATTEMPTS; the same after the end of DATA leaves the message in doubt (`unknown`). A 5xx
+about the recipient is permanent: the message is `bounced`, the address blocked, the case
+queued; a 5xx about the form of our message fails it and blocks nothing (`mail.retry`).
 
 Without `settings.smtp_host` mail goes to a Maildir at `settings.outbox` that any mail client
 can open; otherwise through aiosmtplib, one reused connection per concurrent sender
