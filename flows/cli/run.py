@@ -75,11 +75,13 @@ def run(
 ) -> None:
     """Run the daily collections flow for one date (default today) or each date of a range."""
     from collectflow.flows.daily import collections_range, daily_collections
+    from collectflow.flows.policy import load_policy
 
     if (from_ is None) != (to is None):
         raise BadUsage("--from and --to go together")
     if from_ is not None and as_of is not None:
         raise BadUsage("use either --as-of or --from/--to")
+    load_policy(get_settings().policy)  # a bad policy is refused before any flow starts
     if from_ is not None and to is not None:
         days = collections_range(from_, to, dry_run=dry_run, skip_delivery=skip_delivery)
     else:
