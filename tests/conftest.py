@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from collectflow.flows.config import PROJECT_ROOT, Settings, get_settings
+from collectflow.flows.config import PROJECT_ROOT, Settings, get_settings, safe_url
 from collectflow.flows.policy import Policy, load_policy
 from collectflow.models import drop_db, init_db, make_engine
 
@@ -27,7 +27,7 @@ def _postgres_unreachable() -> str | None:
             conn.execute(text("SELECT 1"))
         engine.dispose()
     except Exception as exc:  # any failure to connect means: skip, and say why
-        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}: {exc}"[:300]
+        return f"PostgreSQL not reachable at {safe_url(PG_URL)}: {type(exc).__name__}: {exc}"[:300]
     return None
 
 

@@ -3,6 +3,7 @@ why` (or the policy key path), nothing is imported, and no traceback reaches the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,70 @@ def test_run_with_a_bad_policy_exits_2_with_one_error_line_and_no_traceback(
     assert result.stderr.startswith("error: invalid policy:\n")
     assert "attribution_window_days" in result.stderr
     assert "Traceback" not in printed
+
+
+# Secrets: the database URL's password is never shown.
+
+SECRET = "s3cret-pw"
+
+
+@pytest.fixture
+def url_with_password(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The test PostgreSQL URL with a password (the test server trusts local connections, so
+    any password works) set as COLLECTFLOW_DATABASE_URL, its schema empty."""
+    from sqlalchemy.engine import make_url
+
+    from collectflow.flows.config import get_settings
+    from collectflow.models import drop_db, make_engine
+
+    url = make_url(postgres_url).set(password=SECRET).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    drop_db(engine)
+    engine.dispose()
+    monkeypatch.setenv("COLLECTFLOW_DATABASE_URL", url)
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()
+
+
+@pytest.mark.postgres
+def test_init_and_demo_print_the_database_url_with_its_password_masked(
+    url_with_password: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("COLLECTFLOW_OUTBOX", str(tmp_path / "outbox"))
+    monkeypatch.setenv("COLLECTFLOW_EXPORTS", str(tmp_path / "exports"))
+    runner = CliRunner()
+    init = runner.invoke(app, ["init"])
+    demo = runner.invoke(app, ["demo", "--customers", "10", "--days", "0"])
+    demo_json = runner.invoke(app, ["demo", "--customers", "10", "--days", "0", "--json"])
+    printed = "".join(
+        [*(r.stdout + r.stderr for r in (init, demo, demo_json)), *capfd.readouterr()]
+    )
+    unwrapped = "".join(printed.splitlines())  # the console wraps long lines
+    assert (init.exit_code, demo.exit_code, demo_json.exit_code) == (0, 0, 0), printed
+    assert "database ready: postgresql+psycopg://postgres:***@127.0.0.1" in unwrapped
+    assert "demo ledger imported into postgresql+psycopg://postgres:***@" in unwrapped
+    assert SECRET not in unwrapped
+
+
+def test_a_malformed_database_url_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from collectflow.flows.config import get_settings
+
+    monkeypatch.setenv("COLLECTFLOW_DATABASE_URL", f"postgresql//admin:{SECRET}@db")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["init"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "database_url\n  Value error, not a database URL" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_the_settings_repr_masks_the_password() -> None:
+    settings = Settings(database_url=f"postgresql://collect:{SECRET}@db.internal/collections")
+    assert "database_url='postgresql://collect:***@db.internal/collections'" in repr(settings)
+    assert SECRET not in repr(settings) + str(settings)
