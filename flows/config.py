@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     templates: Path = PROJECT_ROOT / "templates"
     outbox: Path = Path("outbox")
     timezone: str = "UTC"
+    run_lock_wait: float = 30.0  # seconds a daily run waits for another one of the same database
 
     smtp_host: str | None = None
     smtp_port: int = 25
