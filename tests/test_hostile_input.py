@@ -64,7 +64,7 @@ HOSTILE_ROWS: list[tuple[str, dict[str, Any], str]] = [
     (
         "a due date in year 9999",
         {"invoice": {"due_on": "9999-01-01"}},
-        "invoices.csv:2: due_on: '9999-01-01' is not a date (YYYY-MM-DD)",
+        "invoices.csv:2: due_on: '9999-01-01' is not between 1900 and 2199",
     ),
     (
         "NUL in a name",

@@ -161,11 +161,12 @@ def _one_of(*choices: str) -> Callable[[str], str]:
 
 def _iso_date(value: str) -> date:
     try:
-        if _DATE.fullmatch(value):
-            return _in_years(value, date.fromisoformat(value))
+        day = date.fromisoformat(value) if _DATE.fullmatch(value) else None
     except ValueError:
-        pass
-    raise _Invalid(f"{value!r} is not a date (YYYY-MM-DD)")
+        day = None
+    if day is None:
+        raise _Invalid(f"{value!r} is not a date (YYYY-MM-DD)")
+    return _in_years(value, day)
 
 
 def _in_years(value: str, moment: Any) -> Any:
