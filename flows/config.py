@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,16 +26,21 @@ class Settings(BaseSettings):
     """Where Collectflow keeps its data and how it sends mail.
 
     Without an SMTP host, messages are written to a Maildir (`outbox`) that any mail client
-    opens. The SMTP password is a SecretStr: never printed, never logged.
+    opens. The SMTP password is a SecretStr: never printed, never logged; the database URL's
+    password is masked wherever the URL is shown (`safe_url`), the settings' repr included, and
+    a setting refused is named without its value.
     """
 
-    model_config = SettingsConfigDict(env_prefix="COLLECTFLOW_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="COLLECTFLOW_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = "sqlite:///collectflow.db"
     policy: Path = PROJECT_ROOT / "policy.yaml"
     templates: Path = PROJECT_ROOT / "templates"
     outbox: Path = Path("outbox")
     timezone: str = "UTC"
+    run_lock_wait: float = 30.0  # seconds a daily run waits for another one of the same database
 
     smtp_host: str | None = None
     smtp_port: int = 25
@@ -62,6 +70,21 @@ class Settings(BaseSettings):
     unsubscribe_url: str | None = None
     unsubscribe_secret: SecretStr | None = None
 
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_url(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL (like sqlite:///collectflow.db or postgresql://user@host/db)"
+            ) from None
+        return value
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, safe_url(value) if name == "database_url" else value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -70,6 +93,14 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA timezone {value!r}") from exc
         return value
+
+
+def safe_url(url: str) -> str:
+    """A database URL fit to print: its password, if any, shown as `***`."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
 
 
 @lru_cache(maxsize=1)

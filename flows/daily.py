@@ -15,6 +15,7 @@ from collectflow.flows.cases import QUEUE_ARTIFACT_COLUMNS, operator_queue
 from collectflow.flows.config import get_settings
 from collectflow.flows.errors import BadUsage
 from collectflow.flows.pipeline import RunContext, business_today, open_run, run_day
+from collectflow.flows.runlock import run_lock
 from collectflow.flows.steps import DaySummary
 
 
@@ -41,7 +42,10 @@ def daily_collections(
     """
     settings = get_settings()
     day = as_of or business_today(settings)
-    with open_run(settings, dry_run, OperatorAlerts(settings)) as ctx:
+    with (
+        run_lock(settings, f"run for {day}"),
+        open_run(settings, dry_run, OperatorAlerts(settings)) as ctx,
+    ):
         summary = run_day(ctx, day, skip_delivery=skip_delivery, call=as_task)
         publish_queue(ctx, day)
     publish_summary([summary])
@@ -61,7 +65,10 @@ def collections_range(
         raise BadUsage(f"--to {end} is before --from {start}")
     settings = get_settings()
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
-    with open_run(settings, dry_run, OperatorAlerts(settings)) as ctx:
+    with (
+        run_lock(settings, f"run from {start} to {end}"),
+        open_run(settings, dry_run, OperatorAlerts(settings)) as ctx,
+    ):
         summaries = [run_day_task(ctx, day, skip_delivery) for day in days]
         publish_queue(ctx, end)
     publish_summary(summaries)

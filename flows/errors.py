@@ -49,6 +49,18 @@ class ImportRejected(CollectflowError):
         super().__init__(f"{len(errors)} invalid row(s), nothing imported:\n{shown}{more}")
 
 
+class RunLocked(CollectflowError):
+    """Another daily run of the same database held the run lock for longer than
+    `COLLECTFLOW_RUN_LOCK_WAIT` seconds (flows/runlock.py); this run did nothing."""
+
+    def __init__(self, holder: str, waited: float):
+        self.holder = holder
+        super().__init__(
+            f"another run of this database is under way: {holder}; waited {waited:g} s for it. "
+            "Run again once it has finished, or set COLLECTFLOW_RUN_LOCK_WAIT to wait longer"
+        )
+
+
 class UnknownCustomer(CollectflowError):
     """A command named a customer the ledger does not have (`segments --explain`)."""
 

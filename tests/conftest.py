@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from collectflow.flows.config import PROJECT_ROOT, Settings, get_settings
+from collectflow.flows.config import PROJECT_ROOT, Settings, get_settings, safe_url
 from collectflow.flows.policy import Policy, load_policy
 from collectflow.models import drop_db, init_db, make_engine
 
@@ -27,7 +27,7 @@ def _postgres_unreachable() -> str | None:
             conn.execute(text("SELECT 1"))
         engine.dispose()
     except Exception as exc:  # any failure to connect means: skip, and say why
-        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}: {exc}"[:300]
+        return f"PostgreSQL not reachable at {safe_url(PG_URL)}: {type(exc).__name__}: {exc}"[:300]
     return None
 
 
@@ -126,3 +126,17 @@ def settings(
 def policy() -> Policy:
     """The shipped default policy."""
     return load_policy(PROJECT_ROOT / "policy.yaml")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many PostgreSQL tests ran and how many skipped: .ci/run reads this line and
+    fails when a server was up and none ran."""
+    stats = terminalreporter.stats
+    ran = sum(
+        1
+        for kind in ("passed", "failed")
+        for report in stats.get(kind, [])
+        if report.when == "call" and "postgres" in report.keywords
+    )
+    skipped = sum(1 for report in stats.get("skipped", []) if "postgres" in report.keywords)
+    terminalreporter.write_line(f"PostgreSQL tests: {ran} ran, {skipped} skipped")

@@ -231,7 +231,8 @@ def test_rows_breaking_ledger_rules_are_rejected(
     )
 
     assert rejection(engine, ledger, settings) == [
-        "customers.csv:3: email: 'globex.example' is not an email address",
+        "customers.csv:3: email: 'globex.example' is not an email address: An email address "
+        "must have an @-sign.",
         "customers.csv:3: locale: 'english' is not a known locale (like en, fr-FR)",
         "customers.csv:3: timezone: 'Mars/Olympus' is not an IANA timezone (like Europe/Paris)",
         "customers.csv:3: country: 'France' is not an ISO 3166 two-letter country code",
@@ -262,7 +263,9 @@ def test_errors_name_the_physical_line_even_after_multiline_values(
     )
 
     assert rejection(engine, ledger, settings) == [
-        "customers.csv:5: email: 'not-an-address' is not an email address"
+        "customers.csv:2: name: 'Acme\\nEurope' has a control character (U+000A) at position 5",
+        "customers.csv:5: email: 'not-an-address' is not an email address: An email address "
+        "must have an @-sign.",
     ]
 
 

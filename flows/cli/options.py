@@ -7,8 +7,10 @@ without a cycle. Exit codes: 0 done, 1 failed, 2 bad input or usage.
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
 from functools import wraps
@@ -35,7 +37,8 @@ def handles_errors(command: F) -> F:
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with _no_prefect_traceback_for_our_errors():
+                return command(*args, **kwargs)
         except (CollectflowError, ValidationError) as exc:
             err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(2) from exc
@@ -46,6 +49,32 @@ def handles_errors(command: F) -> F:
             raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+class _OurErrorsUnlogged(logging.Filter):
+    """Drops Prefect's record of a flow or task failing with one of our errors: the command
+    prints that error itself, as one line, and its traceback would only hide it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, CollectflowError | ValidationError)
+
+
+PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+@contextmanager
+def _no_prefect_traceback_for_our_errors() -> Iterator[None]:
+    """While a command runs, Prefect logs no traceback for an error the command reports."""
+    quiet = _OurErrorsUnlogged()
+    loggers = [logging.getLogger(name) for name in PREFECT_RUN_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def emit_json(document: Any) -> None:

@@ -19,7 +19,7 @@ from collectflow.flows.cli.options import (
     handles_errors,
     out,
 )
-from collectflow.flows.config import Settings, get_settings
+from collectflow.flows.config import Settings, get_settings, safe_url
 from collectflow.flows.errors import BadUsage
 
 commands = typer.Typer()
@@ -38,7 +38,7 @@ def init(
     if reset:
         drop_db(engine)
     init_db(engine)
-    err.print(f"database ready: {settings.database_url}")
+    err.print(f"database ready: {safe_url(settings.database_url)}")
 
 
 @commands.command("import")
@@ -75,11 +75,13 @@ def run(
 ) -> None:
     """Run the daily collections flow for one date (default today) or each date of a range."""
     from collectflow.flows.daily import collections_range, daily_collections
+    from collectflow.flows.policy import load_policy
 
     if (from_ is None) != (to is None):
         raise BadUsage("--from and --to go together")
     if from_ is not None and as_of is not None:
         raise BadUsage("use either --as-of or --from/--to")
+    load_policy(get_settings().policy)  # a bad policy is refused before any flow starts
     if from_ is not None and to is not None:
         days = collections_range(from_, to, dry_run=dry_run, skip_delivery=skip_delivery)
     else:
@@ -109,7 +111,7 @@ def demo(
     with tempfile.TemporaryDirectory(prefix="collectflow-demo-") as folder:
         write_demo_ledger(Path(folder), today, customers=customers)
         imported = import_ledger(engine_for(settings), Path(folder), settings)
-    err.print(f"demo ledger imported into {settings.database_url}: {imported.files}")
+    err.print(f"demo ledger imported into {safe_url(settings.database_url)}: {imported.files}")
     summaries = collections_range(today - timedelta(days=days), today)
     if as_json:
         emit_json({"imported": imported.files, "days": summaries, "totals": totals(summaries)})

@@ -97,7 +97,15 @@ def invoice_positions(as_of: date) -> Subquery:
 
 
 def refresh_balances(conn: Connection, as_of: date) -> int:
-    """Rebuild `invoice_balances` for `as_of`; returns how many invoices still owe money."""
+    """Rebuild `invoice_balances` for `as_of`; returns how many invoices still owe money.
+
+    On PostgreSQL the table is locked against other writers first (readers go on), so two
+    refreshes at once (a run and a what-if, two runs) take turns: without it, the second one's
+    DELETE missed the rows the first had just inserted, and its INSERT collided with them.
+    SQLite lets one writer at a time anyway.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"LOCK TABLE {BALANCES.name} IN EXCLUSIVE MODE"))
     conn.execute(delete(BALANCES))
     positions = invoice_positions(as_of)
     under_dispute = select(DISPUTES.c.invoice_id).where(DISPUTES.c.resolved_on.is_(None))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -23,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
 from babel.numbers import get_currency_precision, is_currency
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -36,10 +38,19 @@ __all__ = ["ImportReport", "import_ledger"]
 BATCH_SIZE = 5_000
 MAX_ID_LENGTH = 64
 MAX_AMOUNT = Decimal(10) ** 14  # stored as 1/10,000 units in a BIGINT (max ~9.2e18)
+YEARS = range(1900, 2200)  # dates outside are typing mistakes (and year 1 or 9999 overflow)
 
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_AMOUNT = re.compile(r"-?\d+(?:\.\d+)?")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_AMOUNT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")  # ASCII digits only: Decimal takes any script's
+_CONTROL = {"Cc", "Cs", "Zl", "Zp"}  # NUL, other C0/C1 controls, surrogates, line separators
+_NOT_COUNTRIES = frozenset(
+    # Babel's territories that ISO 3166-1 does not assign to a country: the user-assigned
+    # codes (AA, QM-QZ, XA-XZ, ZZ: "unknown region", Kosovo's XK) and the exceptionally
+    # reserved ones (EU, UN, Canary Islands, ...). Numeric regions (001, 150) are not two letters.
+    {"AA", "ZZ", "AC", "CP", "CQ", "DG", "EA", "EU", "EZ", "FX", "IC", "SU", "TA", "UK", "UN"}
+    | {f"Q{letter}" for letter in "MNOPQRSTUVWXYZ"}
+    | {f"X{letter}" for letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
+)
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _UPSERT_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
@@ -89,6 +100,8 @@ class LedgerFile:
     columns: tuple[CsvColumn, ...]
     reference: tuple[str, LedgerFile] | None = None  # (column, the file whose key it names)
     check: Callable[[Row], Iterable[Problem]] = lambda row: ()
+    carried: str | None = None  # a column its referrers check against (invoices: currency)
+    check_referenced: Callable[[Row, Any], Iterable[Problem]] = lambda row, carried: ()
     derive: Callable[[Row], Row] = lambda row: {}
 
 
@@ -108,16 +121,25 @@ class _Header:
 def _identifier(value: str) -> str:
     if len(value) > MAX_ID_LENGTH:
         raise _Invalid(f"{value[:20]!r}... is longer than {MAX_ID_LENGTH} characters")
-    return value
+    return _text(value)
 
 
 def _text(value: str) -> str:
+    """Any text but control characters: PostgreSQL refuses NUL, and none belongs in a name."""
+    for position, char in enumerate(value, start=1):
+        if unicodedata.category(char) in _CONTROL:
+            raise _Invalid(
+                f"{value[:40]!r} has a control character (U+{ord(char):04X}) at position {position}"
+            )
     return value
 
 
 def _email(value: str) -> str:
-    if not _EMAIL.fullmatch(value):
-        raise _Invalid(f"{value!r} is not an email address")
+    """An address email-validator accepts (syntax only; IDN domains welcome), kept as given."""
+    try:
+        validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise _Invalid(f"{value!r} is not an email address: {exc}") from None
     return value
 
 
@@ -139,11 +161,18 @@ def _one_of(*choices: str) -> Callable[[str], str]:
 
 def _iso_date(value: str) -> date:
     try:
-        if _DATE.fullmatch(value):
-            return date.fromisoformat(value)
+        day = date.fromisoformat(value) if _DATE.fullmatch(value) else None
     except ValueError:
-        pass
-    raise _Invalid(f"{value!r} is not a date (YYYY-MM-DD)")
+        day = None
+    if day is None:
+        raise _Invalid(f"{value!r} is not a date (YYYY-MM-DD)")
+    return _in_years(value, day)
+
+
+def _in_years(value: str, moment: Any) -> Any:
+    if moment.year not in YEARS:
+        raise _Invalid(f"{value!r} is not between {YEARS.start} and {YEARS.stop - 1}")
+    return moment
 
 
 def _instant(value: str) -> datetime:
@@ -154,7 +183,9 @@ def _instant(value: str) -> datetime:
         raise _Invalid(f"{value!r} is not a date-time (YYYY-MM-DDTHH:MM:SS+HH:MM)") from None
     if moment.tzinfo is None:
         raise _Invalid(f"{value!r} has no UTC offset; add Z or +HH:MM")
-    return moment.astimezone(UTC)
+    if not value.isascii():
+        raise _Invalid(f"{value!r} is not a date-time in ASCII digits")
+    return _in_years(value, moment).astimezone(UTC)
 
 
 def _amount(value: str) -> Decimal:
@@ -205,9 +236,18 @@ def _timezone(value: str) -> str:
 @lru_cache(maxsize=1024)
 def _country(value: str) -> str:
     code = value.upper()
-    if not (len(code) == 2 and code.isalpha() and code in Locale("en").territories):
+    if not (_COUNTRY.fullmatch(code) and code in _countries()):
         raise _Invalid(f"{value!r} is not an ISO 3166 two-letter country code")
     return code
+
+
+_COUNTRY = re.compile(r"[A-Z]{2}")
+
+
+@lru_cache(maxsize=1)
+def _countries() -> frozenset[str]:
+    """The two-letter codes ISO 3166-1 assigns to countries, as Babel knows them."""
+    return frozenset(Locale("en").territories) - _NOT_COUNTRIES
 
 
 def _decimal_places(amount: Decimal) -> int:
@@ -223,11 +263,22 @@ def _invoice_rules(row: Row) -> Iterator[Problem]:
     issued_on, due_on = row.get("issued_on"), row.get("due_on")
     if issued_on and due_on and due_on < issued_on:
         yield "due_on", f"{due_on} is before issued_on {issued_on}"
-    amount, currency = row.get("amount"), row.get("currency")
+    yield from _precision(row.get("amount"), row.get("currency"), "")
+
+
+def _payment_rules(row: Row, currency: str | None) -> Iterator[Problem]:
+    """A payment is in its invoice's currency, so no finer than that currency's unit."""
+    yield from _precision(row.get("amount"), currency, " (the invoice's currency)")
+
+
+def _precision(amount: Decimal | None, currency: str | None, whose: str) -> Iterator[Problem]:
     if amount is not None and currency:
         allowed = get_currency_precision(currency)
         if _decimal_places(amount) > allowed:
-            yield "amount", f"{amount} has more decimal places than {currency} allows ({allowed})"
+            yield (
+                "amount",
+                f"{amount} has more decimal places than {currency}{whose} allows ({allowed})",
+            )
 
 
 def _business_day(settings: Settings) -> Callable[[Row], Row]:
@@ -273,6 +324,7 @@ def _ledger_files(settings: Settings) -> tuple[LedgerFile, ...]:
             CsvColumn("status", _one_of("open", "paid", "void", "disputed"), default="open"),
         ),
         check=_invoice_rules,
+        carried="currency",
     )
     payments = LedgerFile(
         name="payments.csv",
@@ -290,6 +342,7 @@ def _ledger_files(settings: Settings) -> tuple[LedgerFile, ...]:
             CsvColumn("method", _text),
         ),
         derive=_business_day(settings),
+        check_referenced=_payment_rules,
     )
     return customers, invoices, payments
 
@@ -314,12 +367,12 @@ def _validate(conn: Connection, directory: Path, files: list[LedgerFile]) -> lis
     """Check every file; raise ImportRejected with all errors, else return the warnings."""
     errors: list[str] = []
     warnings: list[str] = []
-    keys: dict[str, set[str]] = {}
+    keys: dict[str, dict[str, Any]] = {}
     for spec in files:
         known = None
         if spec.reference:
             target = spec.reference[1]
-            known = keys.get(target.name, set()) | _existing_ids(conn, target)
+            known = _existing_ids(conn, target) | keys.get(target.name, {})
         file_errors, file_warnings, keys[spec.name] = _check_file(spec, directory, known)
         errors += file_errors
         warnings += file_warnings
@@ -329,16 +382,17 @@ def _validate(conn: Connection, directory: Path, files: list[LedgerFile]) -> lis
 
 
 def _check_file(
-    spec: LedgerFile, directory: Path, known: set[str] | None
-) -> tuple[list[str], list[str], set[str]]:
-    """Every error and warning of one file, and the keys it defines.
+    spec: LedgerFile, directory: Path, known: dict[str, Any] | None
+) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Every error and warning of one file, and the keys it defines with their carried value.
 
-    `known` holds the ids the reference column may name (database and companion file); None
-    when the file refers to nothing.
+    `known` maps the ids the reference column may name (database and companion file) to
+    their carried value; None when the file refers to nothing.
     """
     errors: list[str] = []
     warnings: list[str] = []
     first_seen: dict[str, int] = {}
+    defined: dict[str, Any] = {}
     try:
         rows = _read(directory / spec.name)
         header = _header(spec, rows)
@@ -348,13 +402,15 @@ def _check_file(
             row, problems = _parse(spec, header, cells)
             problems += _key_problems(spec, row, line, first_seen, known)
             errors += [_message(spec.name, line, column, why) for column, why in problems]
+            if row.get(spec.key) is not None:
+                defined.setdefault(row[spec.key], row.get(spec.carried) if spec.carried else None)
     except _Unreadable as exc:
         errors.append(_message(spec.name, exc.line, None, exc.why))
-    return errors, warnings, set(first_seen)
+    return errors, warnings, defined
 
 
 def _key_problems(
-    spec: LedgerFile, row: Row, line: int, first_seen: dict[str, int], known: set[str] | None
+    spec: LedgerFile, row: Row, line: int, first_seen: dict[str, int], known: dict[str, Any] | None
 ) -> list[Problem]:
     """Duplicate ids within the file, and references to ids that exist nowhere."""
     problems: list[Problem] = []
@@ -368,6 +424,8 @@ def _key_problems(
         value = row.get(column)
         if value is not None and value not in known:
             problems.append((column, f"{value!r} is in neither the database nor {target.name}"))
+        elif value is not None:
+            problems += spec.check_referenced(row, known[value])
     return problems
 
 
@@ -393,9 +451,12 @@ def _upsert(conn: Connection, spec: LedgerFile, rows: list[Row]) -> None:
     conn.execute(statement.on_conflict_do_update(index_elements=[spec.key], set_=updates), rows)
 
 
-def _existing_ids(conn: Connection, spec: LedgerFile) -> set[str]:
-    """Every id already in the file's table, loaded once instead of one query per row."""
-    return set(conn.scalars(select(spec.table.c[spec.key])))
+def _existing_ids(conn: Connection, spec: LedgerFile) -> dict[str, Any]:
+    """Every id already in the file's table with its carried value (or None), loaded once
+    instead of one query per row."""
+    if spec.carried is None:
+        return dict.fromkeys(conn.scalars(select(spec.table.c[spec.key])))
+    return dict(conn.execute(select(spec.table.c[spec.key], spec.table.c[spec.carried])).all())
 
 
 def _read(path: Path) -> Iterator[tuple[int, list[str]]]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
+
+from collectflow.flows.policy.types import Days
 
 
 class Pauses(BaseModel):
@@ -17,5 +19,5 @@ class Pauses(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    promise_grace_days: Annotated[int, Field(ge=0)] = 3
+    promise_grace_days: Days = 3
     broken_promise: Literal["next_stage", "final_stage", "escalate"] = "next_stage"

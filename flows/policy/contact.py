@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import time
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from collectflow.flows.policy.types import Count, PositiveDays
 
 
 class _Strict(BaseModel):
@@ -28,8 +29,8 @@ class QuietHours(_Strict):
 class Cap(_Strict):
     """At most `messages` to one customer in any `days` consecutive days, all kinds together."""
 
-    messages: Annotated[int, Field(ge=1)] = 3
-    days: Annotated[int, Field(ge=1)] = 7
+    messages: Count = 3
+    days: PositiveDays = 7
 
 
 class Contact(_Strict):

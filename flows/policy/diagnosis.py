@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from collectflow.flows.policy.types import Count, PositiveDays
+
 FailureClass = Literal["technical", "customer", "order"]
 
 _TECHNICAL = (
@@ -78,7 +80,7 @@ class CauseTemplates(_Strict):
 class Diagnosis(_Strict):
     """How the cause of each unpaid item is decided."""
 
-    lookback_days: Annotated[int, Field(ge=1)] = 30
+    lookback_days: PositiveDays = 30
     unknown_failure_class: FailureClass = "customer"
     failure_codes: dict[str, FailureClass] = Field(default_factory=dict)
     templates: CauseTemplates = CauseTemplates()
@@ -102,11 +104,11 @@ class Outage(_Strict):
     gateway that never failed does not alarm on one failure).
     """
 
-    baseline_days: Annotated[int, Field(ge=1)] = 28
-    min_attempts: Annotated[int, Field(ge=1)] = 20
-    min_failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.25
-    ratio: Annotated[float, Field(gt=1)] = 3.0
-    baseline_floor: Annotated[float, Field(gt=0, le=1)] = 0.02
+    baseline_days: PositiveDays = 28
+    min_attempts: Count = 20
+    min_failure_rate: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.25
+    ratio: Annotated[float, Field(strict=True, gt=1, allow_inf_nan=False)] = 3.0
+    baseline_floor: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.02
     ops_email: str | None = Field(
         None, pattern=r"^[^@\s]+@[^@\s]+$", description="who is alerted when an outage starts"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from string import Formatter
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -21,6 +22,7 @@ from collectflow.flows.policy.cases import Pauses
 from collectflow.flows.policy.contact import Contact
 from collectflow.flows.policy.diagnosis import Diagnosis, Outage
 from collectflow.flows.policy.measurement import Measurement
+from collectflow.flows.policy.types import Days, OffsetDays, PositiveDays
 
 FEATURES: dict[str, str] = {
     "invoices_issued": "invoices issued in the trailing window (count)",
@@ -47,9 +49,8 @@ FEATURES: dict[str, str] = {
 }
 OPERATORS = ("gte", "gt", "lte", "lt", "eq", "ne")
 STEPS = ("operator_queue", "account_manager", "suspension", "agency", "write_off")
+PAYMENT_URL_PLACEHOLDERS = {"invoice_id"}
 StepName = Literal["operator_queue", "account_manager", "suspension", "agency", "write_off"]
-
-NonNegative = Annotated[int, Field(ge=0)]
 
 
 class _Strict(BaseModel):
@@ -60,12 +61,12 @@ class Stage(_Strict):
     """One rung of a ladder: sent `offset_days` after the due date (negative: before)."""
 
     name: str = Field(pattern=r"^[a-z0-9_]+$")
-    offset_days: int
+    offset_days: OffsetDays
     template: str = Field(pattern=r"^[a-z0-9_]+$")
     variants: list[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]] = Field(
         default_factory=list, description="other templates tried against `template` (see docs)"
     )
-    holdout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    holdout: Annotated[float, Field(strict=True, ge=0, lt=1)] = 0.0
     experiment: str | None = Field(
         default=None, pattern=r"^[a-z0-9_.:-]+$", description="default: <ladder>.<stage>"
     )
@@ -81,9 +82,9 @@ class Stage(_Strict):
 class Escalation(_Strict):
     """What happens when the last stage is `grace_days` old and money is still owed."""
 
-    grace_days: NonNegative = 7
+    grace_days: Days = 7
     steps: list[StepName] = ["operator_queue"]
-    after_days: dict[StepName, NonNegative] = Field(
+    after_days: dict[StepName, Days] = Field(
         default_factory=dict, description="days after escalation before a step runs (default 0)"
     )
 
@@ -99,7 +100,7 @@ class Ladder(_Strict):
     """Stages in order, at least `min_gap_days` apart even when catching up. With
     `business_days`, stage offsets count business days in the customer's country."""
 
-    min_gap_days: Annotated[int, Field(ge=1)] = 3
+    min_gap_days: PositiveDays = 3
     business_days: bool = False
     stages: Annotated[list[Stage], Field(min_length=1)]
     escalation: Escalation = Escalation()
@@ -133,8 +134,8 @@ class Segment(_Strict):
 class FeatureWindow(_Strict):
     """How far back behaviour is measured."""
 
-    window_days: Annotated[int, Field(ge=1)] = 365
-    failed_payment_days: Annotated[int, Field(ge=1)] = 30
+    window_days: PositiveDays = 365
+    failed_payment_days: PositiveDays = 30
 
 
 class Sender(_Strict):
@@ -145,6 +146,19 @@ class Sender(_Strict):
     company: str = "Example Ltd"
     payment_url: str = "https://pay.example.com/{invoice_id}"
 
+    @field_validator("payment_url")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        try:
+            fields = {name for _, name, _, _ in Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc} (write a literal brace as {{{{ or }}}})") from None
+        unknown = fields - PAYMENT_URL_PLACEHOLDERS
+        if unknown:
+            names = ", ".join(f"{{{name}}}" for name in sorted(unknown))
+            raise ValueError(f"unknown placeholder {names} (the only one is {{invoice_id}})")
+        return value
+
 
 class Policy(_Strict):
     """The whole policy file."""
@@ -153,7 +167,7 @@ class Policy(_Strict):
     features: FeatureWindow = FeatureWindow()
     segments: Annotated[list[Segment], Field(min_length=1)]
     ladders: dict[str, Ladder]
-    attribution_window_days: Annotated[int, Field(ge=1)] = 14
+    attribution_window_days: PositiveDays = 14
     sender: Sender = Sender()
     diagnosis: Diagnosis = Diagnosis()
     pauses: Pauses = Pauses()
@@ -314,6 +328,10 @@ def load_policy(path: Path | str) -> Policy:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise PolicyError(f"{path}: policy file not found") from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            f"{path}:{_line_of(path, exc.start)}: not UTF-8; save it as UTF-8"
+        ) from exc
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
     try:
@@ -324,3 +342,8 @@ def load_policy(path: Path | str) -> Policy:
             where = ".".join(str(part) for part in error["loc"]) or "(top level)"
             problems.append(f"{path}: {where}: {error['msg']}")
         raise PolicyError("invalid policy:\n" + "\n".join(problems)) from exc
+
+
+def _line_of(path: Path, offset: int) -> int:
+    """The line of a byte offset in a file."""
+    return path.read_bytes()[:offset].count(b"\n") + 1

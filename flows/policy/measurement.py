@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import BaseModel, ConfigDict
 
-from pydantic import BaseModel, ConfigDict, Field
+from collectflow.flows.policy.types import Count, PositiveDays
 
 
 class Measurement(BaseModel):
@@ -12,5 +12,5 @@ class Measurement(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cure_days: Annotated[int, Field(ge=1)] = 14
-    min_sample: Annotated[int, Field(ge=1)] = 100
+    cure_days: PositiveDays = 14
+    min_sample: Count = 100
