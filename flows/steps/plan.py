@@ -191,11 +191,13 @@ def enter_by_age(conn: Connection, as_of: date) -> int:
     age = (
         select(days_between(as_of, anchor.c.anchor_due))
         .where(anchor.c.customer_id == CASES.c.customer_id)
+        .correlate(CASES)
         .scalar_subquery()
     )
     entry = (
         select(func.max(STAGES.c.stage_index))
         .where(STAGES.c.ladder == CASES.c.ladder, STAGES.c.entry_days <= age)
+        .correlate(CASES)
         .scalar_subquery()
     )
     fresh = and_(
@@ -207,6 +209,7 @@ def enter_by_age(conn: Connection, as_of: date) -> int:
     stage = (
         select(STAGES.c.stage)
         .where(STAGES.c.ladder == CASES.c.ladder, STAGES.c.stage_index == entry)
+        .correlate(CASES)
         .scalar_subquery()
     )
     record_events(
@@ -270,6 +273,7 @@ def business_days_since(as_of: date, since: ColumnElement[date]) -> ColumnElemen
     country = (
         select(CUSTOMERS.c.country)
         .where(CUSTOMERS.c.customer_id == CASES.c.customer_id)
+        .correlate(CASES)
         .scalar_subquery()
     )
     business = days_elapsed(as_of, since, country, true())

@@ -3,8 +3,8 @@
 The policy's ladders are flattened into `ladder_stages` (stage offsets, gaps, grace, whether
 they count business days, pacing and entry by age), and the business calendar is filled up to
 the run's date for every country the customers are in (always, when a stage or an escalation
-is paced in business days, which the defaults are). Pauses, plan and escalate join on both; doing it first, once,
-keeps each of them a plain query.
+is paced in business days, which the defaults are). Pauses, plan and escalate join on both;
+doing it first, once, keeps each of them a plain query.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ def calendar_policy(policy: Policy) -> Policy:
     """The policy as `fill_calendar` should see it: a ladder paced in business days needs the
     calendar even when its offsets count calendar days."""
     paced = {
-        name: ladder.model_copy(update={"business_days": True})
-        if is_paced(ladder)
-        else ladder
+        name: ladder.model_copy(update={"business_days": True}) if is_paced(ladder) else ladder
         for name, ladder in policy.ladders.items()
     }
     return policy.model_copy(update={"ladders": paced})
