@@ -3,12 +3,15 @@
 A case moves at most one stage per run, to the next stage of its ladder whose offset (from the
 due date of its oldest remindable invoice) has passed, and only once the previous stage is at
 least `min_gap_days` old and, for paced stages, `business_gap` business days old (firm 7,
-final 10 by default). So a missed day never skips a stage nor sends two: catching up after
-downtime behaves like the days that were missed, and a backlog never rushes a customer to a
-final notice. Two exceptions, both logged: a pre-due stage whose invoice is already past due
-is skipped (a "due soon" note after the due date would be wrong), and a case's first message
-enters at the latest stage whose `entry_days` its oldest invoice has reached (a 200-day-old
-invoice does not get the "slipped through the net" note).
+final 10 by default) and `business_total` business days after the case's first message (the
+gaps of the stages so far, added up: 17 for a final, even when the case entered at firm).
+So a missed day never skips a stage nor sends two, catching up after downtime behaves like
+the days that were missed, and a backlog never rushes a customer to a final notice.
+
+Two exceptions, both logged: a pre-due stage whose invoice is already past due is skipped (a
+"due soon" note after the due date would be wrong), and a case's first message enters at the
+latest stage whose `entry_days` its oldest invoice has reached (a 200-day-old invoice does
+not get the "slipped through the net" note).
 
 Each message has the key `case:<id>:<stage>`, unique in the outbox, so a rerun of the same day
 plans nothing twice. Everything here is set-based SQL; no per-customer Python.
@@ -227,6 +230,7 @@ def plan_next_stages(conn: Connection, as_of: date) -> int:
         and_(
             days_between(as_of, CASES.c.last_stage_on) >= STAGES.c.min_gap_days,
             business_days_since(as_of, CASES.c.last_stage_on) >= STAGES.c.business_gap,
+            business_days_since(as_of, first_message_on()) >= STAGES.c.business_total,
         ),
     )
     elapsed = days_elapsed(as_of, anchor.c.anchor_due, CUSTOMERS.c.country, STAGES.c.business_days)
@@ -265,6 +269,17 @@ def plan_next_stages(conn: Connection, as_of: date) -> int:
         )
     )
     return plan_messages(conn, source)
+
+
+def first_message_on() -> ColumnElement[date]:
+    """The day the case's first reminder was planned (cases that entered the ladder late, by
+    age, still wait the whole ladder's pacing before its later stages)."""
+    return (
+        select(func.min(MESSAGES.c.planned_on))
+        .where(MESSAGES.c.case_id == CASES.c.id, MESSAGES.c.kind == "reminder")
+        .correlate(CASES)
+        .scalar_subquery()
+    )
 
 
 def business_days_since(as_of: date, since: ColumnElement[date]) -> ColumnElement[int]:

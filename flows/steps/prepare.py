@@ -61,6 +61,9 @@ def sync_ladders(conn: Connection, policy: Policy) -> None:
                 "grace_days": ladder.escalation.grace_days,
                 "business_days": ladder.business_days,
                 "business_gap": stage.business_gap,
+                "business_total": sum(
+                    earlier.business_gap for earlier in ladder.stages[: index + 1]
+                ),
                 "entry_days": stage.entry_days,
             }
             for index, stage in enumerate(ladder.stages)

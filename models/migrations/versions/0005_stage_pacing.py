@@ -1,5 +1,5 @@
-"""Ladder stages carry their pacing: business days since the previous stage, and the age at
-which a first contact enters at the stage.
+"""Ladder stages carry their pacing: business days since the previous stage and since the
+case's first message, and the age at which a first contact enters at the stage.
 
 `ladder_stages` is rebuilt from the policy at the start of every run (steps/prepare.py), so the
 new columns need no data carried over; the server default only covers the rows already there.
@@ -27,12 +27,17 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("business_gap", sa.Integer(), nullable=False, server_default="0")
         )
+        batch.add_column(
+            sa.Column("business_total", sa.Integer(), nullable=False, server_default="0")
+        )
         batch.add_column(sa.Column("entry_days", sa.Integer(), nullable=True))
     with op.batch_alter_table("ladder_stages") as batch:
         batch.alter_column("business_gap", server_default=None)
+        batch.alter_column("business_total", server_default=None)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("ladder_stages") as batch:
         batch.drop_column("entry_days")
+        batch.drop_column("business_total")
         batch.drop_column("business_gap")
