@@ -157,14 +157,15 @@ a customer excluded for several reasons is counted under the first."""
 
 
 def owed_by_customer(audience: Audience, as_of: date) -> Any:
-    """Per customer: remindable money owed and asked for (in the audience's currency, if any;
-    only what is past due unless the audience includes invoices not yet due), oldest due."""
-    conditions = [BALANCES.c.remindable]
+    """Per customer owing anything (in the audience's currency, if any): the remindable money a
+    campaign asks for (past due only, unless the audience includes invoices not yet due) and
+    the oldest due date among it."""
+    conditions = []
     if audience.currency:
         conditions.append(BALANCES.c.currency == audience.currency)
-    asked = BALANCES.c.due_on < as_of
-    if audience.include_not_yet_due:
-        asked = true()
+    asked = and_(
+        BALANCES.c.remindable, true() if audience.include_not_yet_due else BALANCES.c.due_on < as_of
+    )
     return (
         select(
             BALANCES.c.customer_id,
