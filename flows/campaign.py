@@ -23,8 +23,22 @@ from typing import Annotated, Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, and_, exists, func, insert, literal, not_, or_, select
+from sqlalchemy import (
+    Connection,
+    and_,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
 
+from collectflow.flows.cases.lifecycle import DISPUTED as DISPUTED_STATE
+from collectflow.flows.cases.lifecycle import PAUSED, PROMISED, WRITTEN_OFF
 from collectflow.flows.config import Settings, get_settings
 from collectflow.flows.ledger import refresh_balances
 from collectflow.flows.mail import mime_parts, plan_messages, sender_domain
@@ -35,7 +49,9 @@ from collectflow.flows.steps import apply_contact_rules, deliver_due
 from collectflow.flows.steps.render import INTERNAL_TEMPLATES, TemplateCatalog, render_planned
 from collectflow.models import (
     Case,
+    ContactBlock,
     Customer,
+    EscalationStep,
     InvoiceBalance,
     Message,
     MessageContent,
@@ -51,12 +67,18 @@ BALANCES = InvoiceBalance.__table__
 MESSAGES = Message.__table__
 CONTENTS = MessageContent.__table__
 ITEMS = MessageItem.__table__
+BLOCKS = ContactBlock.__table__
+STEPS = EscalationStep.__table__
+OTHER_CASES = CASES.alias("other_cases")
+DISPUTED = BALANCES.alias("disputed")
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
 
 
 class Audience(BaseModel):
-    """Who a campaign writes to: customers with an open case matching every filter given."""
+    """Who a campaign writes to: customers with an open case matching every filter given,
+    except those that must not be written to (EXCLUSIONS: handed to an agency, written off,
+    disputed, paused, promised, opted out, on autopay, or owing nothing past due)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -74,6 +96,9 @@ class Audience(BaseModel):
     )
     locale: Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}$")] | None = Field(
         default=None, description="only customers writing in this language (fr: fr, fr-CA)"
+    )
+    include_not_yet_due: bool = Field(
+        default=False, description="also list (and count) invoices not yet due"
     )
 
 
@@ -108,6 +133,7 @@ class Preview:
     planned: int
     statuses: dict[str, int]
     variants: dict[str, int]
+    excluded: dict[str, int] = field(default_factory=dict)
     sample: list[dict[str, str]] = field(default_factory=list)
     sent: int = 0
 
@@ -115,16 +141,36 @@ class Preview:
         return dict(self.__dict__)
 
 
+EXCLUSIONS = (
+    "no_open_case",
+    "written_off",
+    "opted_out",
+    "autopay",
+    "agency",
+    "disputed",
+    "paused",
+    "promised",
+    "not_yet_due",
+)
+"""Why a customer the audience's filters pick is not written to, in the order they are judged:
+a customer excluded for several reasons is counted under the first."""
+
+
 def owed_by_customer(audience: Audience, as_of: date) -> Any:
-    """Per customer: remindable money owed (in the audience's currency, if any), oldest due."""
-    conditions = [BALANCES.c.remindable]
+    """Per customer owing anything (in the audience's currency, if any): the remindable money a
+    campaign asks for (past due only, unless the audience includes invoices not yet due) and
+    the oldest due date among it."""
+    conditions = []
     if audience.currency:
         conditions.append(BALANCES.c.currency == audience.currency)
+    asked = and_(
+        BALANCES.c.remindable, true() if audience.include_not_yet_due else BALANCES.c.due_on < as_of
+    )
     return (
         select(
             BALANCES.c.customer_id,
-            func.sum(BALANCES.c.owed).label("owed"),
-            func.min(BALANCES.c.due_on).label("oldest_due"),
+            func.sum(case((asked, BALANCES.c.owed), else_=0)).label("owed"),
+            func.min(case((asked, BALANCES.c.due_on))).label("oldest_due"),
         )
         .where(*conditions)
         .group_by(BALANCES.c.customer_id)
@@ -133,12 +179,8 @@ def owed_by_customer(audience: Audience, as_of: date) -> Any:
 
 
 def audience_filter(audience: Audience, owed: Any, as_of: date) -> list[Any]:
-    """The SQL conditions of the audience, over customers, their open case and what they owe."""
-    conditions: list[Any] = [
-        CASES.c.closed_on.is_(None),
-        not_(CUSTOMERS.c.do_not_contact),
-        func.trim(CUSTOMERS.c.email) != "",
-    ]
+    """The SQL conditions of the audience's own filters, over customers and what they owe."""
+    conditions: list[Any] = []
     if audience.segments:
         conditions.append(CUSTOMERS.c.segment.in_(audience.segments))
     if audience.min_balance is not None:
@@ -157,6 +199,74 @@ def audience_filter(audience: Audience, owed: Any, as_of: date) -> list[Any]:
     return conditions
 
 
+def exclusion(owed: Any) -> Any:
+    """The first reason (EXCLUSIONS) not to write to the customer, NULL when none: over
+    customers, what they owe, and their open case (outer-joined)."""
+    customer = CUSTOMERS.c.customer_id
+    blocked = exists().where(
+        or_(
+            and_(BLOCKS.c.scope == "customer", BLOCKS.c.value == customer),
+            and_(BLOCKS.c.scope == "address", BLOCKS.c.value == func.lower(CUSTOMERS.c.email)),
+        )
+    )
+    written_off = exists().where(
+        OTHER_CASES.c.customer_id == customer, OTHER_CASES.c.status == WRITTEN_OFF
+    )
+    agency = exists().where(STEPS.c.case_id == CASES.c.id, STEPS.c.step == "agency")
+    disputed_invoice = exists().where(
+        DISPUTED.c.customer_id == customer, not_(DISPUTED.c.remindable)
+    )
+    opted_out = or_(
+        CUSTOMERS.c.do_not_contact, func.coalesce(func.trim(CUSTOMERS.c.email), "") == "", blocked
+    )
+    return case(
+        (and_(CASES.c.id.is_(None), written_off), "written_off"),
+        (CASES.c.id.is_(None), "no_open_case"),
+        (opted_out, "opted_out"),
+        (CUSTOMERS.c.autopay, "autopay"),
+        (agency, "agency"),
+        (or_(CASES.c.status == DISPUTED_STATE, disputed_invoice), "disputed"),
+        (CASES.c.status == PAUSED, "paused"),
+        (CASES.c.status == PROMISED, "promised"),
+        (func.coalesce(owed.c.owed, 0) <= 0, "not_yet_due"),
+        else_=None,
+    )
+
+
+def audience(spec: CampaignSpec, as_of: date) -> Any:
+    """Every customer the audience's filters pick, with their open case (if any) and the
+    reason they are excluded (NULL: written to)."""
+    owed = owed_by_customer(spec.audience, as_of)
+    return (
+        select(
+            CUSTOMERS.c.customer_id,
+            CASES.c.id.label("case_id"),
+            exclusion(owed).label("excluded"),
+        )
+        .select_from(
+            CUSTOMERS.join(owed, owed.c.customer_id == CUSTOMERS.c.customer_id).join(
+                CASES,
+                and_(CASES.c.customer_id == CUSTOMERS.c.customer_id, CASES.c.closed_on.is_(None)),
+                isouter=True,
+            )
+        )
+        .where(*audience_filter(spec.audience, owed, as_of))
+        .subquery("audience")
+    )
+
+
+def excluded_counts(conn: Connection, spec: CampaignSpec, as_of: date) -> dict[str, int]:
+    """How many customers the audience's filters picked but the campaign does not write to,
+    per reason."""
+    chosen = audience(spec, as_of)
+    rows = conn.execute(
+        select(chosen.c.excluded, func.count())
+        .where(chosen.c.excluded.is_not(None))
+        .group_by(chosen.c.excluded)
+    ).all()
+    return {reason: count for reason, count in rows}
+
+
 def this_campaign(spec: CampaignSpec) -> Any:
     return and_(MESSAGES.c.kind == "campaign", MESSAGES.c.key.like(f"campaign:{spec.name}:%"))
 
@@ -167,12 +277,12 @@ def plan_campaign(conn: Connection, policy: Policy, spec: CampaignSpec, as_of: d
     Returns how many messages were planned now (none for customers written to before).
     """
     refresh_balances(conn, as_of)
-    owed = owed_by_customer(spec.audience, as_of)
+    chosen = audience(spec, as_of)
     key = literal(f"campaign:{spec.name}:") + CUSTOMERS.c.customer_id
     source = (
         select(
             key,
-            CASES.c.id,
+            chosen.c.case_id,
             CUSTOMERS.c.customer_id,
             literal("campaign"),
             literal(spec.name),
@@ -183,12 +293,8 @@ def plan_campaign(conn: Connection, policy: Policy, spec: CampaignSpec, as_of: d
             literal(as_of, MESSAGES.c.planned_on.type),
             literal("planned"),
         )
-        .select_from(
-            CUSTOMERS.join(CASES, CASES.c.customer_id == CUSTOMERS.c.customer_id).join(
-                owed, owed.c.customer_id == CUSTOMERS.c.customer_id
-            )
-        )
-        .where(*audience_filter(spec.audience, owed, as_of))
+        .select_from(CUSTOMERS.join(chosen, chosen.c.customer_id == CUSTOMERS.c.customer_id))
+        .where(chosen.c.excluded.is_(None))
     )
     planned = plan_messages(conn, source)
     add_campaign_items(conn, spec, as_of)
@@ -211,6 +317,8 @@ def add_campaign_items(conn: Connection, spec: CampaignSpec, as_of: date) -> Non
     has_items = exists().where(ITEMS.c.message_id == MESSAGES.c.id)
     conditions = [this_campaign(spec), MESSAGES.c.planned_on == as_of, not_(has_items)]
     conditions.append(BALANCES.c.remindable)
+    if not spec.audience.include_not_yet_due:
+        conditions.append(BALANCES.c.due_on < as_of)
     if spec.audience.currency:
         conditions.append(BALANCES.c.currency == spec.audience.currency)
     source = (
@@ -286,6 +394,7 @@ def run_campaign(
             planned = plan_campaign(conn, policy, spec, as_of)
             render_planned(conn, catalog, policy, as_of, domain=sender_domain(settings))
             result = preview(conn, spec, as_of, dry_run, planned, sample_size)
+            result.excluded = excluded_counts(conn, spec, as_of)
             if dry_run:
                 transaction.rollback()
                 return result
@@ -327,6 +436,8 @@ def preview_markdown(result: Preview) -> str:
     lines = [f"# Campaign {result.name}", mode, "", f"Planned now: {result.planned}", ""]
     lines += ["| status | messages |", "|---|---:|"]
     lines += [f"| {status} | {count} |" for status, count in sorted(result.statuses.items())]
+    lines += ["", "| excluded because | customers |", "|---|---:|"]
+    lines += [f"| {reason} | {count} |" for reason, count in sorted(result.excluded.items())]
     lines += ["", "| variant | messages |", "|---|---:|"]
     lines += [f"| {variant} | {count} |" for variant, count in sorted(result.variants.items())]
     for message in result.sample:

@@ -340,6 +340,13 @@ class LadderStage(SQLModel, table=True):
     is_last: bool
     grace_days: int
     business_days: bool = Field(default=False, description="offset counts business days")
+    business_gap: int = Field(default=0, description="business days at least since the last stage")
+    business_total: int = Field(
+        default=0, description="business days at least since the case's first message"
+    )
+    entry_days: int | None = Field(
+        default=None, description="a first contact starts here from this many days overdue"
+    )
 
 
 class PaymentAttribution(SQLModel, table=True):

@@ -151,7 +151,7 @@ def test_segments_and_locale_pick_the_audience(
     assert preview["planned"] == 1
 
 
-def test_an_opted_out_customer_is_suppressed_by_the_contact_rules(
+def test_an_opted_out_customer_is_left_out_of_the_audience_and_counted(
     engine: Engine, settings: Settings, owing: Ledger
 ) -> None:
     with engine.begin() as conn:
@@ -166,9 +166,11 @@ def test_an_opted_out_customer_is_suppressed_by_the_contact_rules(
 
     result = campaign("spring_statement", "firm", audience=AUDIENCE, as_of=TODAY, dry_run=False)
 
-    assert (result["planned"], result["sent"]) == (1, 0)
-    assert result["statuses"] == {"opted_out": 1}
-    assert campaign_messages(engine) == [("campaign:spring_statement:BIG", "BIG", "suppressed")]
+    # issue 15: the audience excludes opted-out customers and says how many, rather than
+    # planning a message for the contact rules to suppress
+    assert (result["planned"], result["sent"]) == (0, 0)
+    assert result["excluded"] == {"opted_out": 2}  # BIG by its opt-out, QUIET do_not_contact
+    assert campaign_messages(engine) == []
     assert delivered(settings) == 0
 
 

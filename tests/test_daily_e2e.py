@@ -73,7 +73,8 @@ def test_every_customer_gets_the_stages_their_behaviour_calls_for(
         ("gentle", day(3)),
         ("firm", day(14)),
         ("final", day(28)),
-        ("escalation", day(35)),
+        # the grace is 7 days and also 7 business days: Monday day(28) + 7 weekdays
+        ("escalation", day(37)),
     ]
     with engine.connect() as conn:
         cases = {row.customer_id: row for row in conn.execute(select(CASES).order_by(CASES.c.id))}
@@ -81,7 +82,7 @@ def test_every_customer_gets_the_stages_their_behaviour_calls_for(
         assert cases["PUNCTUAL"].closed_on == DUE
         assert cases["AFTER_FIRST"].closed_on == day(5)
         assert cases["NEVER"].status == "escalated"
-        assert cases["NEVER"].escalated_on == day(35)
+        assert cases["NEVER"].escalated_on == day(37)
         # the summaries count what the steps wrote, on PostgreSQL too (rowcount of INSERT...SELECT)
         assert sum(summary["cases_opened"] for summary in summaries) == len(cases) == 3
         assert sum(summary["escalated"] for summary in summaries) == 1
@@ -152,13 +153,14 @@ def test_replaying_a_period_already_run_sends_nothing(
 def test_catching_up_after_downtime_sends_one_stage_per_run_with_gaps(
     engine: Engine, settings: Settings, three_customers: Ledger
 ) -> None:
-    # nothing ran until 20 days after the due date: the firm stage is long due, the final too
-    collections_range(day(20), day(30))
+    # nothing ran until 20 days after the due date (a Sunday): the firm stage is long due,
+    # the final too
+    collections_range(day(20), day(45))
 
     assert sent(engine, "NEVER") == [
         ("gentle", day(20)),  # pre_due skipped: the invoice was already overdue
-        ("firm", day(23)),  # min_gap_days 3 apart, never two at once
-        ("final", day(28)),  # its own offset
+        ("firm", day(29)),  # 7 business days later (Tuesday of the second week), not at once
+        ("final", day(43)),  # 10 business days after the firm one, not at its offset (28)
     ]
     with engine.connect() as conn:
         skipped = conn.execute(

@@ -40,6 +40,7 @@ def day(offset: int) -> date:
 def every_step(policy: Policy) -> Policy:
     escalation = Escalation(
         grace_days=7,
+        min_business_days=0,  # the steps, not the pacing (tests/test_pacing.py), are tested here
         steps=["operator_queue", "account_manager", "suspension", "agency", "write_off"],
         after_days={"write_off": 3},
     )

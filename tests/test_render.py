@@ -195,7 +195,10 @@ def test_an_unknown_locale_falls_back_to_english_templates_and_formats(
     assert ctx["invoices"][0]["due_on"] == "March 1, 2025"
     rendered = catalog.render("gentle", "xx", ctx)
     assert rendered.text.startswith("Dear Acme SARL,\n")
-    assert rendered.subject == f"Northwind {DASH} payment reminder for Acme SARL (ref. 7)"
+    # the stage first, so the inbox list shows it (issue 15)
+    assert rendered.subject == (
+        f"Payment reminder {DASH} Northwind {DASH} invoice F-2025-001 for Acme SARL (ref. 7)"
+    )
 
 
 def test_a_regional_locale_uses_its_language_templates(catalog: TemplateCatalog) -> None:
@@ -340,8 +343,8 @@ def test_render_planned_writes_the_reminder_in_the_customers_language(
 
     firm = stored(engine, ledger["firm"])
     assert firm.subject == (
-        f"Northwind Supplies {DASH} rappel de paiement pour Boulangerie <Dupont> & Fils "
-        f"(réf. {ledger['case']})"
+        f"Retard de paiement, action requise {DASH} Northwind Supplies {DASH} 2 factures pour "
+        f"Boulangerie <Dupont> & Fils (réf. {ledger['case']})"
     )
     assert firm.rendered_at is not None
     assert firm.body_text.startswith("Bonjour Boulangerie <Dupont> & Fils,\n")
@@ -354,7 +357,10 @@ def test_render_planned_writes_the_reminder_in_the_customers_language(
     assert f"Montant restant dû au 31 mars 2025 : 1{NNBSP}000,50{NBSP}€ + 80,00{NBSP}$US" in (
         firm.body_text
     )
-    assert firm.body_text.endswith("Claire Martin\nAccounts Receivable\nNorthwind Supplies\n")
+    # the title in French, from the policy's sender.titles (issue 15)
+    assert firm.body_text.endswith(
+        "Claire Martin\nService comptabilité clients\nNorthwind Supplies\n"
+    )
     assert '<html lang="fr">' in firm.body_html
     assert "Bonjour Boulangerie &lt;Dupont&gt; &amp; Fils," in firm.body_html
     assert 'href="https://pay.example.com/invoice/INV-2"' in firm.body_html

@@ -52,6 +52,11 @@ STEPS = ("operator_queue", "account_manager", "suspension", "agency", "write_off
 PAYMENT_URL_PLACEHOLDERS = {"invoice_id"}
 StepName = Literal["operator_queue", "account_manager", "suspension", "agency", "write_off"]
 
+PACING_DEFAULTS: dict[str, int] = {"firm": 7, "final": 10}
+"""Business days at least between the previous stage and a stage of this name, by default."""
+ENTRY_DEFAULTS: dict[str, int] = {"firm": 30}
+"""Days overdue from which a first contact enters at a stage of this name, by default."""
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -70,6 +75,28 @@ class Stage(_Strict):
     experiment: str | None = Field(
         default=None, pattern=r"^[a-z0-9_.:-]+$", description="default: <ladder>.<stage>"
     )
+    min_business_days: Days | None = Field(
+        default=None,
+        description="business days at least since the previous stage (default: "
+        "PACING_DEFAULTS by stage name, else none beyond the ladder's min_gap_days)",
+    )
+    entry: Days | None = Field(
+        default=None,
+        description="a case's first message starts at this stage when its oldest invoice is "
+        "at least this many days overdue (default: ENTRY_DEFAULTS by stage name)",
+    )
+
+    @property
+    def business_gap(self) -> int:
+        """Business days at least since the previous stage, the default filled in."""
+        if self.min_business_days is not None:
+            return self.min_business_days
+        return PACING_DEFAULTS.get(self.name, 0)
+
+    @property
+    def entry_days(self) -> int | None:
+        """Days overdue from which a first contact enters here, the default filled in."""
+        return self.entry if self.entry is not None else ENTRY_DEFAULTS.get(self.name)
 
     @model_validator(mode="after")
     def _distinct_arms(self) -> Stage:
@@ -86,6 +113,9 @@ class Escalation(_Strict):
     steps: list[StepName] = ["operator_queue"]
     after_days: dict[StepName, Days] = Field(
         default_factory=dict, description="days after escalation before a step runs (default 0)"
+    )
+    min_business_days: Days = Field(
+        default=7, description="business days at least between the last stage and escalation"
     )
 
     @model_validator(mode="after")
@@ -143,6 +173,10 @@ class Sender(_Strict):
 
     name: str = "Accounts Receivable"
     title: str = ""
+    titles: dict[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")], str] = Field(
+        default_factory=dict,
+        description="the title in other languages, by language code (default: `title`)",
+    )
     company: str = "Example Ltd"
     payment_url: str = "https://pay.example.com/{invoice_id}"
 

@@ -1,5 +1,8 @@
 """Step 6, escalate: cases still owing after the last stage and its grace period go to people.
 
+The grace counts calendar days (`grace_days`) and, at least, business days
+(`min_business_days`, 7 by default), so a final notice always has working days to be answered.
+
 Per ladder, the policy lists the steps: `operator_queue` (a queue item with the reason) and
 `account_manager` (an internal email with the case summary, when the customer has one), then
 `suspension`, `agency` and `write_off` (flows/cases/handoffs.py).
@@ -34,6 +37,7 @@ from collectflow.flows.cases.lifecycle import ACTIVE, ESCALATED, transition
 from collectflow.flows.cases.queue import queue_cases, queue_invoices
 from collectflow.flows.mail.outbox import plan_messages
 from collectflow.flows.policy.document import Ladder, Policy
+from collectflow.flows.steps.plan import business_days_since
 from collectflow.models import (
     Case,
     Customer,
@@ -92,6 +96,7 @@ def escalate_ladder(conn: Connection, name: str, ladder: Ladder, as_of: date) ->
         CASES.c.ladder == name,
         CASES.c.stage_index == len(ladder.stages) - 1,
         days_between(as_of, CASES.c.last_stage_on) >= ladder.escalation.grace_days,
+        business_days_since(as_of, CASES.c.last_stage_on) >= ladder.escalation.min_business_days,
     )
     escalated = transition(
         conn,

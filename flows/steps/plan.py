@@ -2,10 +2,16 @@
 
 A case moves at most one stage per run, to the next stage of its ladder whose offset (from the
 due date of its oldest remindable invoice) has passed, and only once the previous stage is at
-least `min_gap_days` old. So a missed day never skips a stage nor sends two: catching up after
-downtime behaves like the days that were missed. The one exception is a pre-due stage whose
-invoice is already past due: a "due soon" note after the due date would be wrong, so it is
-skipped and the skip is logged.
+least `min_gap_days` old and, for paced stages, `business_gap` business days old (firm 7,
+final 10 by default) and `business_total` business days after the case's first message (the
+gaps of the stages so far, added up: 17 for a final, even when the case entered at firm).
+So a missed day never skips a stage nor sends two, catching up after downtime behaves like
+the days that were missed, and a backlog never rushes a customer to a final notice.
+
+Two exceptions, both logged: a pre-due stage whose invoice is already past due is skipped (a
+"due soon" note after the due date would be wrong), and a case's first message enters at the
+latest stage whose `entry_days` its oldest invoice has reached (a 200-day-old invoice does
+not get the "slipped through the net" note).
 
 Each message has the key `case:<id>:<stage>`, unique in the outbox, so a rerun of the same day
 plans nothing twice. Everything here is set-based SQL; no per-customer Python.
@@ -29,6 +35,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.sql.expression import ColumnElement, Subquery
@@ -80,6 +87,7 @@ def plan(conn: Connection, policy: Policy, as_of: date) -> PlanReport:
     opened = open_cases(conn, policy, as_of)
     refresh_statistics(conn, "cases")  # PostgreSQL: the joins below need to know its new size
     skipped = skip_stale_pre_due(conn, as_of)
+    enter_by_age(conn, as_of)
     planned = plan_next_stages(conn, as_of)
     refresh_statistics(conn, "messages")
     add_message_items(conn, as_of)
@@ -180,13 +188,50 @@ def skip_stale_pre_due(conn: Connection, as_of: date) -> int:
     return result.rowcount
 
 
+def enter_by_age(conn: Connection, as_of: date) -> int:
+    """Move cases not yet written to just before the stage their oldest invoice's age enters."""
+    anchor = anchors()
+    age = (
+        select(days_between(as_of, anchor.c.anchor_due))
+        .where(anchor.c.customer_id == CASES.c.customer_id)
+        .correlate(CASES)
+        .scalar_subquery()
+    )
+    entry = (
+        select(func.max(STAGES.c.stage_index))
+        .where(STAGES.c.ladder == CASES.c.ladder, STAGES.c.entry_days <= age)
+        .correlate(CASES)
+        .scalar_subquery()
+    )
+    fresh = and_(
+        OPEN,
+        CASES.c.status.in_(ACTIVE),
+        CASES.c.last_stage_on.is_(None),
+        CASES.c.stage_index < entry - 1,
+    )
+    stage = (
+        select(STAGES.c.stage)
+        .where(STAGES.c.ladder == CASES.c.ladder, STAGES.c.stage_index == entry)
+        .correlate(CASES)
+        .scalar_subquery()
+    )
+    record_events(
+        conn, select(CASES.c.id, json_detail("stage", stage)).where(fresh), "entered_by_age", as_of
+    )
+    return conn.execute(update(CASES).where(fresh).values(stage_index=entry - 1)).rowcount
+
+
 def plan_next_stages(conn: Connection, as_of: date) -> int:
     """Insert one planned message per open case whose next stage is due today."""
     anchor = anchors()
     gap_ok = or_(
         CASES.c.fast_track,
         CASES.c.last_stage_on.is_(None),
-        days_between(as_of, CASES.c.last_stage_on) >= STAGES.c.min_gap_days,
+        and_(
+            days_between(as_of, CASES.c.last_stage_on) >= STAGES.c.min_gap_days,
+            business_days_since(as_of, CASES.c.last_stage_on) >= STAGES.c.business_gap,
+            business_days_since(as_of, first_message_on()) >= STAGES.c.business_total,
+        ),
     )
     elapsed = days_elapsed(as_of, anchor.c.anchor_due, CUSTOMERS.c.country, STAGES.c.business_days)
     offset_reached = elapsed >= STAGES.c.offset_days
@@ -224,6 +269,30 @@ def plan_next_stages(conn: Connection, as_of: date) -> int:
         )
     )
     return plan_messages(conn, source)
+
+
+def first_message_on() -> ColumnElement[date]:
+    """The day the case's first reminder was planned (cases that entered the ladder late, by
+    age, still wait the whole ladder's pacing before its later stages)."""
+    return (
+        select(func.min(MESSAGES.c.planned_on))
+        .where(MESSAGES.c.case_id == CASES.c.id, MESSAGES.c.kind == "reminder")
+        .correlate(CASES)
+        .scalar_subquery()
+    )
+
+
+def business_days_since(as_of: date, since: ColumnElement[date]) -> ColumnElement[int]:
+    """Business days from `since` to `as_of` in the case's customer's country (calendar days
+    where the calendar has no row, so a gap is never waited for forever)."""
+    country = (
+        select(CUSTOMERS.c.country)
+        .where(CUSTOMERS.c.customer_id == CASES.c.customer_id)
+        .correlate(CASES)
+        .scalar_subquery()
+    )
+    business = days_elapsed(as_of, since, country, true())
+    return func.coalesce(business, days_between(as_of, since))
 
 
 def add_message_items(conn: Connection, as_of: date) -> None:

@@ -1,9 +1,10 @@
 """Step 0, prepare: what the day's SQL joins on besides the ledger, brought up to date.
 
 The policy's ladders are flattened into `ladder_stages` (stage offsets, gaps, grace, whether
-they count business days), and the business calendar is filled up to the run's date for every
-country the customers are in. Pauses, plan and escalate join on both; doing it first, once,
-keeps each of them a plain query.
+they count business days, pacing and entry by age), and the business calendar is filled up to
+the run's date for every country the customers are in (always, when a stage or an escalation
+is paced in business days, which the defaults are). Pauses, plan and escalate join on both;
+doing it first, once, keeps each of them a plain query.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert
 
 from collectflow.flows.ledger.calendar import fill_calendar
-from collectflow.flows.policy.document import Policy
+from collectflow.flows.policy.document import Ladder, Policy
 from collectflow.models import LadderStage
 
 STAGES = LadderStage.__table__
@@ -23,7 +24,24 @@ STAGES = LadderStage.__table__
 def prepare(conn: Connection, policy: Policy, as_of: date) -> None:
     """Ladders from the policy and the business calendar up to `as_of`, as tables."""
     sync_ladders(conn, policy)
-    fill_calendar(conn, policy, as_of)
+    fill_calendar(conn, calendar_policy(policy), as_of)
+
+
+def calendar_policy(policy: Policy) -> Policy:
+    """The policy as `fill_calendar` should see it: a ladder paced in business days needs the
+    calendar even when its offsets count calendar days."""
+    paced = {
+        name: ladder.model_copy(update={"business_days": True}) if is_paced(ladder) else ladder
+        for name, ladder in policy.ladders.items()
+    }
+    return policy.model_copy(update={"ladders": paced})
+
+
+def is_paced(ladder: Ladder) -> bool:
+    """Whether some gap of the ladder counts business days."""
+    return ladder.escalation.min_business_days > 0 or any(
+        stage.business_gap for stage in ladder.stages
+    )
 
 
 def sync_ladders(conn: Connection, policy: Policy) -> None:
@@ -42,6 +60,11 @@ def sync_ladders(conn: Connection, policy: Policy) -> None:
                 "is_last": index == last,
                 "grace_days": ladder.escalation.grace_days,
                 "business_days": ladder.business_days,
+                "business_gap": stage.business_gap,
+                "business_total": sum(
+                    earlier.business_gap for earlier in ladder.stages[: index + 1]
+                ),
+                "entry_days": stage.entry_days,
             }
             for index, stage in enumerate(ladder.stages)
         )

@@ -12,7 +12,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, String, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    String,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from collectflow.flows.errors import TemplateError
 from collectflow.flows.mail.compose import message_id_for, mime_body
@@ -26,6 +37,7 @@ CONTENTS = MessageContent.__table__
 ITEMS = MessageItem.__table__
 INVOICES = Invoice.__table__
 CUSTOMERS = Customer.__table__
+EARLIER = MESSAGES.alias("earlier")
 
 
 _STORE = (
@@ -108,6 +120,14 @@ def _next_batch(conn: Connection, after: int, size: int) -> Sequence[Row[Any]]:
             CUSTOMERS.c.customer_id,
             CUSTOMERS.c.name,
             CUSTOMERS.c.email,
+            exists()
+            .where(
+                EARLIER.c.case_id == MESSAGES.c.case_id,
+                EARLIER.c.kind == "reminder",
+                EARLIER.c.status == "sent",
+                EARLIER.c.id < MESSAGES.c.id,
+            )
+            .label("reminded"),
         )
         .join_from(MESSAGES, CUSTOMERS, MESSAGES.c.customer_id == CUSTOMERS.c.customer_id)
         .where(MESSAGES.c.status == "planned", MESSAGES.c.subject.is_(None), MESSAGES.c.id > after)
@@ -140,6 +160,7 @@ def _render_batch(
             as_of,
             formatting_locale(locale, folder),
             history.get(message.case_id, []) if message.kind == "internal" else (),
+            message.reminded,
         )
         try:
             result = catalog.render(message.template, locale, context)

@@ -16,6 +16,8 @@ never do arithmetic or formatting):
     today: long date of the run (as_of)
     history: list of {stage, sent_on (long date)}: the reminders sent on the case, oldest
              first; filled for internal messages only (empty for reminders)
+    reminded: bool              # an earlier reminder of the case was sent: "despite our
+                                # reminder" is true (false when the ladder entered by age)
 
 Money and dates are formatted in the message's locale when its templates are in that language
 (`fr_CA` gets Canadian French figures with the `fr` templates); when the templates fell back to
@@ -53,6 +55,7 @@ CONTEXT_KEYS = frozenset(
         "sender",
         "today",
         "history",
+        "reminded",
     }
 )
 
@@ -65,6 +68,7 @@ def build_context(
     as_of: date,
     locale: str,
     history: Sequence[Mapping[str, Any]] = (),
+    reminded: bool = False,
 ) -> dict[str, Any]:
     """The template context (see the module docstring) for one message.
 
@@ -86,12 +90,17 @@ def build_context(
         "totals": totals,
         "total": " + ".join(totals),
         "max_days_overdue": max((invoice["days_overdue"] for invoice in invoices), default=0),
-        "sender": {"name": sender.name, "title": sender.title, "company": sender.company},
+        "sender": {
+            "name": sender.name,
+            "title": sender.titles.get(babel_locale.language, sender.title),
+            "company": sender.company,
+        },
         "today": _long_date(as_of, babel_locale),
         "history": [
             {"stage": row["stage"], "sent_on": _long_date(row["sent_on"], babel_locale)}
             for row in history
         ],
+        "reminded": reminded,
     }
 
 
@@ -162,10 +171,15 @@ def sample_contexts(locale: str) -> list[dict[str, Any]]:
     overdue = _sample_item("INV-1", "2025-0001", due_days_ago=21, amount="1234.56", currency="EUR")
     upcoming = _sample_item("INV-2", None, due_days_ago=-3, amount="50", currency="USD")
     history = [{"stage": "gentle", "sent_on": _SAMPLE_AS_OF - timedelta(days=14)}]
-    titled = Sender(name="Sam Sample", title="Accounts Receivable", company="Sample Co")
+    titled = Sender(
+        name="Sam Sample",
+        title="Accounts Receivable",
+        titles={"fr": "Comptabilité clients", "de": "Debitorenbuchhaltung"},
+        company="Sample Co",
+    )
     both = [overdue, upcoming]
     return [
-        build_context(message, both, customer, titled, _SAMPLE_AS_OF, locale, history),
+        build_context(message, both, customer, titled, _SAMPLE_AS_OF, locale, history, True),
         build_context(message, [upcoming], customer, Sender(), _SAMPLE_AS_OF, locale),
     ]
 

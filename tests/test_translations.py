@@ -1,0 +1,100 @@
+"""Every customer template speaks its language throughout: no English left in French or German.
+
+English is the reference: every word the English templates render is English vocabulary, and a
+French or German rendering may contain none of it but the words the languages share, listed
+here by hand.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from datetime import date
+
+import pytest
+
+from collectflow.flows.config import PROJECT_ROOT
+from collectflow.flows.policy import load_policy
+from collectflow.flows.steps.render import INTERNAL_TEMPLATES, TemplateCatalog
+from collectflow.flows.steps.render.context import build_context, sample_contexts
+
+TEMPLATES = PROJECT_ROOT / "templates"
+CUSTOMER_TEMPLATES = sorted(
+    path.name.removesuffix(".subject.j2")
+    for path in (TEMPLATES / "en").glob("*.subject.j2")
+    if path.name.removesuffix(".subject.j2") not in INTERNAL_TEMPLATES
+)
+SHARED = {
+    "fr": {"a", "action", "conditions", "message", "minute", "moment", "patience", "question",
+           "total"},
+    "de": {"an", "april", "button", "falls", "in", "link", "minute", "online", "ref", "team"},
+}  # fmt: skip
+
+
+def words(text: str) -> set[str]:
+    text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+    text = re.sub(r"https?://\S+", " ", text)
+    return {word.lower() for word in re.findall(r"[^\W\d_]+", text)}
+
+
+def rendered(catalog: TemplateCatalog, template: str, language: str) -> list[str]:
+    parts = []
+    for context in sample_contexts(language):
+        message = catalog.render(template, language, context)
+        parts.append("\n".join((message.subject, message.text, message.html)))
+    return parts
+
+
+@pytest.fixture(scope="module")
+def catalog() -> TemplateCatalog:
+    return TemplateCatalog(TEMPLATES, set(CUSTOMER_TEMPLATES))
+
+
+@pytest.fixture(scope="module")
+def english(catalog: TemplateCatalog) -> set[str]:
+    vocabulary: set[str] = set()
+    for template in CUSTOMER_TEMPLATES:
+        for text in rendered(catalog, template, "en"):
+            vocabulary |= words(text)
+    return vocabulary
+
+
+def context_words(language: str) -> set[str]:
+    """Names, companies and the like come from the data, not the templates."""
+    found: set[str] = set()
+    for context in sample_contexts(language):
+        found |= words(" ".join(map(str, (context["customer"], context["sender"]))))
+        found |= {
+            invoice["invoice_id"].lower().strip("-0123456789") for invoice in context["invoices"]
+        }
+    return found
+
+
+@pytest.mark.parametrize("language", ["fr", "de"])
+@pytest.mark.parametrize("template", CUSTOMER_TEMPLATES)
+def test_no_english_word_in_a_french_or_german_message(
+    catalog: TemplateCatalog, english: set[str], template: str, language: str
+) -> None:
+    allowed = SHARED[language] | context_words(language)
+    for text in rendered(catalog, template, language):
+        leaked = (words(text) & english) - allowed
+        assert not leaked, f"{language}/{template}: English words {sorted(leaked)}"
+
+
+def test_the_signature_of_the_shipped_policy_is_in_the_message_language(
+    catalog: TemplateCatalog,
+) -> None:
+    sender = load_policy(PROJECT_ROOT / "policy.yaml").sender
+    [sample, _] = sample_contexts("en")
+    signatures = {}
+    for language in ("en", "fr", "de"):
+        context = build_context(
+            {"stage": "gentle", "case_id": 19}, [], sample["customer"], sender,
+            date(2026, 3, 2), language,
+        )  # fmt: skip
+        signatures[language] = catalog.render("gentle", language, context).text
+    assert "Accounts Receivable" in signatures["en"]
+    assert "Accounts Receivable" not in signatures["fr"]
+    assert "Service comptabilité clients" in signatures["fr"]
+    assert "Accounts Receivable" not in signatures["de"]
+    assert "Debitorenbuchhaltung" in signatures["de"]
