@@ -299,9 +299,9 @@ def test_in_doubt_lists_the_messages_of_a_dead_worker_without_waiting_for_its_le
     assert statuses(engine) == {1: "unknown", 2: "sending"}
 
 
-def test_the_rerun_of_a_killed_day_reports_what_it_found_in_doubt(
-    engine: Engine, settings: Settings, smtp: SmtpServer, tmp_path: Path
-) -> None:
+def _killed_day(engine: Engine, settings: Settings, tmp_path: Path) -> tuple[str, int]:
+    """A day whose delivery was killed mid-send: its one message `sending` under a dead
+    claimer of this host, lease still running. Returns the day and the message id."""
     due = date(2026, 3, 2)
     ledger = Ledger()
     ledger.customer("LATE")
@@ -309,8 +309,7 @@ def test_the_rerun_of_a_killed_day_reports_what_it_found_in_doubt(
     ledger.invoice("INV-LATE", "LATE", due)
     ledger.load(engine, tmp_path / "ledger", settings)
     day = (due - timedelta(days=3)).isoformat()
-    runner = CliRunner()
-    assert runner.invoke(app, ["run", "--as-of", day, "--skip-delivery"]).exit_code == 0
+    assert CliRunner().invoke(app, ["run", "--as-of", day, "--skip-delivery"]).exit_code == 0
     with engine.begin() as conn:  # the run that delivered it was killed mid-send
         dead = f"{socket.gethostname()}:{_pid_of_finished_process()}:abc123"
         [message_id] = conn.execute(
@@ -318,13 +317,33 @@ def test_the_rerun_of_a_killed_day_reports_what_it_found_in_doubt(
                                     lease_until=datetime.now(UTC) + timedelta(minutes=15))
             .returning(MESSAGES.c.id)
         ).scalars()  # fmt: skip
+    return day, message_id
 
-    rerun = runner.invoke(app, ["run", "--as-of", day, "--json"])
+
+def test_the_rerun_of_a_killed_day_reports_what_it_found_in_doubt(
+    engine: Engine, settings: Settings, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    day, message_id = _killed_day(engine, settings, tmp_path)
+
+    rerun = CliRunner().invoke(app, ["run", "--as-of", day, "--json"])
 
     assert rerun.exit_code == 0, rerun.output
     summary = json.loads(rerun.stdout)
     assert summary["in_doubt"] == [message_id]
     assert any("in doubt" in note for note in summary["notes"])
+    assert smtp.envelopes == [], "not resent"
+
+
+def test_the_rerun_of_a_killed_day_says_so_on_the_terminal_too(
+    engine: Engine, settings: Settings, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    day, _ = _killed_day(engine, settings, tmp_path)
+
+    rerun = CliRunner().invoke(app, ["run", "--as-of", day])
+
+    assert rerun.exit_code == 0, rerun.output
+    assert "1 message(s) in doubt" in rerun.stdout
+    assert "collectflow in-doubt" in rerun.stdout
     assert smtp.envelopes == [], "not resent"
 
 

@@ -148,6 +148,7 @@ def totals(days: list[dict[str, Any]]) -> dict[str, Any]:
         "outcomes": days[-1]["outcomes"] if days else {},
         "nothing_new": all(day["nothing_new"] for day in days),
         "skipped_days": sum(1 for day in days if day.get("skipped")),
+        "in_doubt": [message for day in days for message in day.get("in_doubt", [])],
     }
 
 
@@ -173,6 +174,12 @@ def print_totals(days: list[dict[str, Any]], settings: Settings) -> None:
         out.print(
             f"{summary['skipped_days']} date(s) skipped: a later date had already run "
             "(history is not replayed over a newer state)."
+        )
+    if summary["in_doubt"]:
+        out.print(
+            f"[yellow]{len(summary['in_doubt'])} message(s) in doubt[/], not resent (a stopped "
+            "worker's, or a server reply lost after the end of DATA): settle them with "
+            "`collectflow in-doubt`."
         )
     if summary["nothing_new"]:
         out.print(
