@@ -4,11 +4,14 @@ continued). Rendered through the real catalog, with the sample contexts at each 
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 
 from collectflow.flows.config import PROJECT_ROOT
+from collectflow.flows.policy.document import Sender
 from collectflow.flows.steps.render import INTERNAL_TEMPLATES, TemplateCatalog
-from collectflow.flows.steps.render.context import sample_contexts
+from collectflow.flows.steps.render.context import build_context, sample_contexts
 
 TEMPLATES = PROJECT_ROOT / "templates"
 CAUSE_TEMPLATES = ("payment_failed", "payment_retry", "outage_apology")
@@ -55,3 +58,23 @@ def test_a_cause_message_shows_the_severity_of_its_stage(
 
 
 STAGES = ("gentle", "firm", "final")
+
+
+@pytest.mark.parametrize(
+    ("language", "signed"),
+    [("en", "Accounts Receivable"), ("fr", "Service comptabilité clients"),
+     ("de", "Debitorenbuchhaltung")],
+)  # fmt: skip
+def test_a_policy_without_a_sender_signs_in_the_customers_language(
+    catalog: TemplateCatalog, language: str, signed: str
+) -> None:
+    context = sample_contexts(language)[0]
+    sender = Sender(company="Sample Co")
+    context = build_context(
+        {"stage": "gentle", "case_id": 1}, [], context["customer"], sender, date(2026, 4, 1),
+        language,
+    )  # fmt: skip
+    message = catalog.render("gentle", language, context)
+    assert signed in message.text
+    assert Sender(name="Ada Lovelace").name_in(language) == "Ada Lovelace"
+    assert Sender(name="Ada", names={"fr": "Adèle"}).name_in("fr") == "Adèle"
