@@ -358,6 +358,6 @@ def test_the_case_command_tells_the_story(engine: Engine, cases: dict[str, int])
     assert "cause: no_attempt" in text
     for title in ("Invoices", "Payments", "Messages", "Disputes", "Queue", "Events"):
         assert title in text, title
-    assert "INV-ANNA" in text and "250.0000" in text
+    assert "INV-ANNA" in text and "€250.00" in text and "open" in text
     assert "gentle" in text and "sent" in text
     assert "dispute_opened" in text and "ana" in text

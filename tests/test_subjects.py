@@ -35,7 +35,9 @@ def inboxes(settings: Settings) -> dict[str, list[EmailMessage]]:
         mail = parse(message.as_bytes())
         found[mail["To"].addresses[0].addr_spec].append(mail)
     for mails in found.values():
-        mails.sort(key=lambda mail: mail["Date"].datetime)
+        # Date has whole seconds, so two days' mails can tie; a later one of the thread refers
+        # to more earlier ones.
+        mails.sort(key=lambda mail: (mail["Date"].datetime, len(str(mail["References"] or ""))))
     return found
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, case, exists, select
+from sqlalchemy.sql.expression import ColumnElement
 
 from collectflow.flows.errors import UnknownCase
 from collectflow.flows.ledger.balances import invoice_positions
@@ -68,10 +69,26 @@ def operator_queue(conn: Connection, as_of: date) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
+def standing(positions: Any) -> ColumnElement[str]:
+    """An invoice's state as of the positions' date: `void`, `disputed` (in the ledger or by an
+    open dispute), `paid` (nothing owed), `partly paid` or `open`."""
+    under_dispute = exists().where(
+        DISPUTES.c.invoice_id == INVOICES.c.invoice_id, DISPUTES.c.resolved_on.is_(None)
+    )
+    return case(
+        (INVOICES.c.status == "void", "void"),
+        ((INVOICES.c.status == "disputed") | under_dispute, "disputed"),
+        (positions.c.owed <= 0, "paid"),
+        (positions.c.owed < INVOICES.c.amount, "partly paid"),
+        else_="open",
+    )
+
+
 def case_story(conn: Connection, case_id: int, as_of: date) -> dict[str, Any]:
     """A case with its customer (segment and why), the cause of non-payment, invoices (with
-    what is owed on each as of `as_of`), payments, messages, promises, disputes, escalation
-    steps, queue items and events."""
+    what is owed on each as of `as_of` and their `state`, see `standing`), payments (with
+    their invoice's currency), messages, promises, disputes, escalation steps, queue items
+    and events."""
     case = conn.execute(select(CASES).where(CASES.c.id == case_id)).mappings().first()
     if case is None:
         raise UnknownCase(case_id)
@@ -83,13 +100,13 @@ def case_story(conn: Connection, case_id: int, as_of: date) -> dict[str, Any]:
     )
     positions = invoice_positions(as_of)
     invoices = conn.execute(
-        select(INVOICES, positions.c.owed)
+        select(INVOICES, positions.c.owed, standing(positions).label("state"))
         .outerjoin(positions, positions.c.invoice_id == INVOICES.c.invoice_id)
         .where(INVOICES.c.customer_id == customer_id)
         .order_by(INVOICES.c.due_on, INVOICES.c.invoice_id)
     ).mappings()
     payments = conn.execute(
-        select(PAYMENTS)
+        select(PAYMENTS, INVOICES.c.currency)
         .join(INVOICES, INVOICES.c.invoice_id == PAYMENTS.c.invoice_id)
         .where(INVOICES.c.customer_id == customer_id)
         .order_by(PAYMENTS.c.attempted_at)

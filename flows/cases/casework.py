@@ -29,7 +29,7 @@ from collectflow.flows.cases.lifecycle import (
     WRITTEN_OFF,
     transition_case,
 )
-from collectflow.flows.cases.queue import resolve_items
+from collectflow.flows.cases.queue import open_items, queue_changes, resolve_items
 from collectflow.flows.errors import ActionRefused, UnknownCase
 from collectflow.flows.ledger.balances import invoice_positions
 from collectflow.flows.mail.outbox import PLANNED, SUPPRESSED, move
@@ -178,6 +178,7 @@ def pause_customer(
     if until <= as_of:
         raise ActionRefused(f"pause end {until} is not after today ({as_of})")
     case = open_case_of(conn, customer_id)
+    queued = open_items(conn, case["id"])
     previous = transition_case(
         conn,
         case["id"],
@@ -192,6 +193,7 @@ def pause_customer(
     held = hold_reminders(conn, case["id"], "paused")
     changes = [f"reminders paused until {until}: {reason}", f"case: {previous} → {PAUSED}"]
     changes += [f"{held} planned reminder(s) held back"] if held else []
+    changes += queue_changes(conn, case["id"], queued)
     return ActionResult("Customer paused", case["id"], customer_id, operator, changes)
 
 
@@ -205,6 +207,7 @@ def resume_customer(
             f"case {case['id']} of customer {customer_id!r} is {case['status']}, not paused"
         )
     back = case["resume_status"]
+    queued = open_items(conn, case["id"])
     transition_case(
         conn,
         case["id"],
@@ -215,9 +218,8 @@ def resume_customer(
         why=note or None,
         values={"paused_until": None, "resume_status": None},
     )
-    return ActionResult(
-        "Customer resumed", case["id"], customer_id, operator, [f"case: {PAUSED} → {back}"]
-    )
+    changes = [f"case: {PAUSED} → {back}", *queue_changes(conn, case["id"], queued)]
+    return ActionResult("Customer resumed", case["id"], customer_id, operator, changes)
 
 
 def confirm_write_off(

@@ -30,7 +30,13 @@ from collectflow.flows.cases.lifecycle import (
     PROMISED,
     transition_case,
 )
-from collectflow.flows.cases.queue import queue_cases, reopen_item, resolve_items
+from collectflow.flows.cases.queue import (
+    open_items,
+    queue_cases,
+    queue_changes,
+    reopen_item,
+    resolve_items,
+)
 from collectflow.flows.errors import ActionRefused
 from collectflow.flows.ledger.balances import invoice_positions
 from collectflow.flows.mail.outbox import PLANNED, SUPPRESSED, move
@@ -71,6 +77,7 @@ def mark_dispute(
     if already is not None:
         raise ActionRefused(f"invoice {invoice_id} is already in dispute {already.id}")
     case_id = case["id"]
+    queued = open_items(conn, case_id)
     data = {"invoice": invoice_id, "reason": reason}
     changes = [f"invoice {invoice_id} disputed: {reason}"]
     if case["status"] == DISPUTED or remindable_besides(conn, case, invoice_id, as_of):
@@ -103,6 +110,7 @@ def mark_dispute(
     held = withdraw_invoice(conn, case_id, invoice_id)
     changes += [f"dispute {dispute_id} opened; the case is in the operator queue"]
     changes += [f"{held} planned reminder(s) no longer ask for it"] if held else []
+    changes += queue_changes(conn, case_id, queued, own="disputed")
     return ActionResult("Dispute opened", case_id, case["customer_id"], operator, changes)
 
 
@@ -179,6 +187,7 @@ def resolve_dispute(
         raise ActionRefused("a rejected dispute credits nothing: leave the credit empty")
     case = load_case(conn, dispute["case_id"])
     case_id = case["id"]
+    queued = open_items(conn, case_id)
     changes = [f"dispute {dispute_id} on invoice {dispute['invoice_id']}: {outcome}"]
     credited = None
     if outcome == "upheld":
@@ -215,6 +224,7 @@ def resolve_dispute(
         )
         resolve_items(conn, case_id, "disputed", as_of)
         changes.append(f"case: {DISPUTED} → {back}; the ladder resumes at its next stage")
+    changes += queue_changes(conn, case_id, queued, own="disputed")
     return ActionResult("Dispute resolved", case_id, case["customer_id"], operator, changes)
 
 

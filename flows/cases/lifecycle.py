@@ -20,6 +20,7 @@ from datetime import date
 from typing import Any
 
 from sqlalchemy import Connection, Select, literal, select, update
+from sqlalchemy.sql.expression import ColumnElement
 
 from collectflow.flows.cases.events import record_events
 from collectflow.flows.errors import (
@@ -27,9 +28,10 @@ from collectflow.flows.errors import (
     TransitionRefused,
     UnknownCase,
 )
-from collectflow.models import Case
+from collectflow.models import Case, QueueItem
 
 CASES = Case.__table__
+QUEUE = QueueItem.__table__
 
 OPEN = "open"
 REMINDING = "reminding"
@@ -59,6 +61,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     WRITTEN_OFF: frozenset(),
 }
 """From each state, the states a case may move to. Closed states have no way out."""
+
+SET_ASIDE_WHILE_PAUSED = ("escalated", "write_off")
+"""Queue reasons that wait while a case is paused: the customer promised, disputes or was
+paused, so nobody should chase the escalation until the pause ends."""
 
 
 def allowed_from(target: str) -> frozenset[str]:
@@ -97,9 +103,42 @@ def transition(
     rest = json.dumps({"to": target, "why": why, **(data or {})}, sort_keys=True, default=str)
     detail = literal('{"from": "') + CASES.c.status + literal('", ' + rest[1:])
     record_events(conn, select(CASES.c.id, detail).where(selected), event, on, actor=actor)
+    follow_in_queue(conn, selected, target, on)
     return conn.execute(
         update(CASES).where(selected).values(status=target, **(values or {}))
     ).rowcount
+
+
+def follow_in_queue(conn: Connection, selected: ColumnElement[bool], target: str, on: date) -> None:
+    """Make the selected cases' queue items match the state they move to, before they move.
+
+    Closed: every open item is resolved (nothing is left to do on a closed case). Paused
+    (promised, disputed, paused): the `escalated` and `write_off` items are set aside, resolved
+    today with the state as their detail, so the queue shows only what needs a person now (a
+    dispute's own item stays). Escalated again: those set-aside items come back, unclaimed and
+    dated today.
+    """
+    in_cases = QUEUE.c.case_id.in_(select(CASES.c.id).where(selected).scalar_subquery())
+    open_item = QUEUE.c.resolved_on.is_(None)
+    if target in CLOSED:
+        conn.execute(update(QUEUE).where(in_cases, open_item).values(resolved_on=on))
+    elif target in PAUSED_STATES:
+        conn.execute(
+            update(QUEUE)
+            .where(in_cases, open_item, QUEUE.c.reason.in_(SET_ASIDE_WHILE_PAUSED))
+            .values(resolved_on=on, detail=f"set aside: case {target}")
+        )
+    elif target == ESCALATED:
+        conn.execute(
+            update(QUEUE)
+            .where(
+                in_cases,
+                QUEUE.c.resolved_on.is_not(None),
+                QUEUE.c.reason.in_(SET_ASIDE_WHILE_PAUSED),
+                QUEUE.c.detail.like("set aside: %"),
+            )
+            .values(resolved_on=None, claimed_by=None, created_on=on, detail=None)
+        )
 
 
 def transition_case(

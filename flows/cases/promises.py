@@ -24,6 +24,7 @@ from collectflow.flows.cases.lifecycle import (
     PROMISED,
     transition_case,
 )
+from collectflow.flows.cases.queue import open_items, queue_changes
 from collectflow.flows.errors import ActionRefused
 from collectflow.models import (
     Promise,
@@ -60,6 +61,7 @@ def record_promise(
             f"{money_text(owed.get(currency, Decimal(0)), currency)} owed on case {case_id}"
         )
     grace_until = pay_by + timedelta(days=grace_days)
+    queued = open_items(conn, case_id)
     previous = transition_case(
         conn,
         case_id,
@@ -96,5 +98,6 @@ def record_promise(
             f"reminders paused until {grace_until} (grace {grace_days} days)",
             f"case: {previous} → {PROMISED}",
             *([f"{held} planned reminder(s) held back"] if held else []),
+            *queue_changes(conn, case_id, queued),
         ],
     )

@@ -112,6 +112,31 @@ def resolve_items(conn: Connection, case_id: int, reason: str, as_of: date) -> i
     ).rowcount
 
 
+def open_items(conn: Connection, case_id: int) -> dict[int, str]:
+    """The case's open queue items: id -> reason."""
+    rows = conn.execute(
+        select(QUEUE.c.id, QUEUE.c.reason).where(
+            QUEUE.c.case_id == case_id, QUEUE.c.resolved_on.is_(None)
+        )
+    ).all()
+    return dict(rows)
+
+
+def queue_changes(
+    conn: Connection, case_id: int, before: dict[int, str], own: str | None = None
+) -> list[str]:
+    """What an action did to the case's queue items, given its open items before (one line
+    per item that left or came back), for the action's result; items of reason `own` are
+    left out (the action says what it did to its own item)."""
+    before = {id_: reason for id_, reason in before.items() if reason != own}
+    after = {id_: reason for id_, reason in open_items(conn, case_id).items() if reason != own}
+    left = [f"queue item {id_} ({before[id_]}) set aside" for id_ in before if id_ not in after]
+    back = [
+        f"queue item {id_} ({after[id_]}) back in the queue" for id_ in after if id_ not in before
+    ]
+    return left + back
+
+
 def claim_item(conn: Connection, item_id: int, operator: str, as_of: date) -> dict[str, Any]:
     """Claim an open queue item for `operator`, so two people don't work the same case.
 

@@ -20,6 +20,7 @@ from collectflow.flows.config import get_settings
 from collectflow.flows.errors import ActionRefused
 
 if TYPE_CHECKING:
+    from babel import Locale
     from prefect import Flow
 
 commands = typer.Typer()
@@ -96,6 +97,7 @@ def case_command(case_id: int, as_json: JsonOption = False) -> None:
     """One case's story: segment, invoices, payments, messages, promises, disputes, events."""
     from collectflow.flows.cases.casebook import case_story
     from collectflow.flows.pipeline import business_today
+    from collectflow.flows.steps.render.context import babel_locale_for
 
     settings = get_settings()
     with engine_for(settings).connect() as conn:
@@ -106,31 +108,55 @@ def case_command(case_id: int, as_json: JsonOption = False) -> None:
     case, customer = story["case"], story["customer"]
     out.print(
         f"[bold]Case {case['id']}[/] {customer['name']} ({customer['customer_id']}), "
-        f"{case['status']}, segment {case['segment']} "
-        f"(now {customer['segment'] or '-'}: {customer['segment_rule'] or '-'}), "
+        f"{case['status']}, {segment_text(case['segment'], customer)}, "
         f"ladder {case['ladder']}, stage {case['stage'] or '-'}"
     )
     out.print(f"cause: {story['cause'] or 'not diagnosed yet'}", highlight=False)
     if case["paused_until"]:
         out.print(f"paused until {case['paused_until']}, then back to {case['resume_status']}")
+    locale = babel_locale_for(customer["locale"] or "en")
     for title, keys in STORY_TABLES:
         rows = story[title.lower().replace(" ", "_")]
         if not rows:
             continue
         table = Table(*keys, title=title)
         for row in rows:
-            table.add_row(*("" if row[k] is None else str(row[k]) for k in keys))
+            table.add_row(*(cell(row, key, locale) for key in keys))
         out.print(table)
 
 
+def segment_text(at_opening: str | None, customer: dict[str, Any]) -> str:
+    """The case's segment said once, with the rule that chose it when it is not the same
+    word; "was X, now Y" only when the customer's segment changed since the case opened."""
+    now, rule = customer["segment"], customer["segment_rule"]
+    if now and at_opening and now != at_opening:
+        text = f"segment was {at_opening}, now {now}"
+    else:
+        text = f"segment {at_opening or now or '-'}"
+    return text + (f" (rule {rule})" if rule and rule != now else "")
+
+
+def cell(row: dict[str, Any], key: str, locale: Locale) -> str:
+    """A story table's cell: money in the row's currency as the customer's locale writes it."""
+    from babel.numbers import format_currency
+
+    value = row[key]
+    if value is None:
+        return ""
+    if key in MONEY_COLUMNS:
+        return format_currency(value, row["currency"], locale=locale)
+    return str(value)
+
+
+MONEY_COLUMNS = frozenset({"amount", "owed"})
 STORY_TABLES = (
-    ("Invoices", ("invoice_id", "due_on", "amount", "owed", "currency", "status")),
+    ("Invoices", ("invoice_id", "due_on", "amount", "owed", "state")),
     ("Payments", ("payment_id", "invoice_id", "attempted_on", "amount", "status", "failure_code")),
     ("Messages", ("id", "stage", "planned_on", "status", "status_reason", "sent_on", "cause")),
-    ("Promises", ("id", "amount", "currency", "promised_on", "grace_until", "status", "actor")),
+    ("Promises", ("id", "amount", "promised_on", "grace_until", "status", "actor")),
     ("Disputes", ("id", "invoice_id", "reason", "opened_on", "outcome", "resolved_on")),
     ("Escalation steps", ("step", "done_on", "delivered_at", "attempts", "last_error")),
-    ("Queue", ("id", "reason", "created_on", "claimed_by", "resolved_on")),
+    ("Queue", ("id", "reason", "created_on", "claimed_by", "resolved_on", "detail")),
     ("Events", ("on", "kind", "actor", "detail")),
 )
 

@@ -168,10 +168,22 @@ class FeatureWindow(_Strict):
     failed_payment_days: PositiveDays = 30
 
 
+DEFAULT_SENDER_NAMES = {
+    "en": "Accounts Receivable",
+    "fr": "Service comptabilité clients",
+    "de": "Debitorenbuchhaltung",
+}
+"""The signature when a policy names nobody, in each language the templates speak."""
+
+
 class Sender(_Strict):
     """The named person who signs reminders (named reminders get paid more often)."""
 
-    name: str = "Accounts Receivable"
+    name: str = DEFAULT_SENDER_NAMES["en"]
+    names: dict[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")], str] = Field(
+        default_factory=dict,
+        description="the name in other languages, by language code (default: `name`)",
+    )
     title: str = ""
     titles: dict[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")], str] = Field(
         default_factory=dict,
@@ -192,6 +204,15 @@ class Sender(_Strict):
             names = ", ".join(f"{{{name}}}" for name in sorted(unknown))
             raise ValueError(f"unknown placeholder {names} (the only one is {{invoice_id}})")
         return value
+
+    def name_in(self, language: str) -> str:
+        """The signature's name in `language`: `names`, else `name` as given, else the
+        default name in that language (a person's name is never translated)."""
+        if language in self.names:
+            return self.names[language]
+        if "name" in self.model_fields_set:
+            return self.name
+        return DEFAULT_SENDER_NAMES.get(language, self.name)
 
 
 class Policy(_Strict):

@@ -91,7 +91,7 @@ def build_context(
         "total": " + ".join(totals),
         "max_days_overdue": max((invoice["days_overdue"] for invoice in invoices), default=0),
         "sender": {
-            "name": sender.name,
+            "name": sender.name_in(babel_locale.language),
             "title": sender.titles.get(babel_locale.language, sender.title),
             "company": sender.company,
         },
