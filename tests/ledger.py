@@ -82,3 +82,20 @@ class Ledger:
 
     def load(self, engine: Engine, directory: Path, settings: Settings) -> ImportReport:
         return import_ledger(engine, self.write(directory), settings)
+
+
+def two_overdue_customers(engine: Engine, settings: Settings, folder: Path, today: date) -> None:
+    """ANNA and BERT, each owing 250.00 on an invoice due 20 days ago, walked through the
+    daily runs of its pre-due, gentle and firm stages (3 days before, 3 and 14 days after)."""
+    from collectflow.flows.pipeline import open_run, run_day
+
+    due = today - timedelta(days=20)
+    ledger = Ledger()
+    for customer_id in ("ANNA", "BERT"):
+        ledger.customer(customer_id)
+        ledger.history(customer_id, due)
+        ledger.invoice(f"INV-{customer_id}", customer_id, due, amount="250.00")
+    ledger.load(engine, folder, settings)
+    with open_run(settings) as ctx:
+        for offset in (-3, 3, 14):
+            run_day(ctx, due + timedelta(days=offset))

@@ -33,7 +33,7 @@ from collectflow.flows.cases import claim_item, complete_item, queue_cases, tran
 from collectflow.flows.cli.app import app
 from collectflow.flows.config import Settings
 from collectflow.flows.errors import ActionRefused, ClaimRefused, TransitionRefused, UnknownCase
-from collectflow.flows.pipeline import business_today, open_run, run_day
+from collectflow.flows.pipeline import business_today
 from collectflow.models import (
     Case,
     CaseEvent,
@@ -44,7 +44,7 @@ from collectflow.models import (
     Promise,
     QueueItem,
 )
-from tests.ledger import Ledger
+from tests.ledger import two_overdue_customers
 from tests.outbox import with_bodies
 
 CASES, MESSAGES = Case.__table__, Message.__table__
@@ -59,16 +59,7 @@ def today(settings: Settings) -> date:
 @pytest.fixture
 def cases(engine: Engine, settings: Settings, tmp_path: Path, today: date) -> dict[str, int]:
     """Customer id -> case id, after the daily runs of the last 23 days' stages."""
-    due = today - timedelta(days=20)
-    ledger = Ledger()
-    for customer_id in ("ANNA", "BERT"):
-        ledger.customer(customer_id)
-        ledger.history(customer_id, due)
-        ledger.invoice(f"INV-{customer_id}", customer_id, due, amount="250.00")
-    ledger.load(engine, tmp_path / "ledger", settings)
-    with open_run(settings) as ctx:
-        for offset in (-3, 3, 14):
-            run_day(ctx, due + timedelta(days=offset))
+    two_overdue_customers(engine, settings, tmp_path / "ledger", today)
     with engine.connect() as conn:
         return dict(conn.execute(select(CASES.c.customer_id, CASES.c.id)).all())
 

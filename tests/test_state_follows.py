@@ -23,7 +23,7 @@ from collectflow.flows.config import Settings
 from collectflow.flows.pipeline import business_today, open_run, run_day
 from collectflow.flows.policy.document import Policy
 from collectflow.models import Case, QueueItem
-from tests.ledger import Ledger
+from tests.ledger import Ledger, two_overdue_customers
 
 CASES, QUEUE = Case.__table__, QueueItem.__table__
 
@@ -36,16 +36,7 @@ def today(settings: Settings) -> date:
 @pytest.fixture
 def anna(engine: Engine, settings: Settings, tmp_path: Path, today: date) -> int:
     """ANNA's case, escalated today and queued (`escalated`), its item claimed by ana."""
-    due = today - timedelta(days=20)
-    ledger = Ledger()
-    for customer_id in ("ANNA", "BERT"):
-        ledger.customer(customer_id)
-        ledger.history(customer_id, due)
-        ledger.invoice(f"INV-{customer_id}", customer_id, due, amount="250.00")
-    ledger.load(engine, tmp_path / "ledger", settings)
-    with open_run(settings) as ctx:
-        for offset in (-3, 3, 14):
-            run_day(ctx, due + timedelta(days=offset))
+    two_overdue_customers(engine, settings, tmp_path / "ledger", today)
     with engine.begin() as conn:
         case_id = conn.execute(select(CASES.c.id).where(CASES.c.customer_id == "ANNA")).scalar()
         transition_case(conn, case_id, "escalated", today, "escalated", actor="system")
