@@ -23,15 +23,15 @@ from sqlalchemy import Connection, Select, literal, select, update
 from sqlalchemy.sql.expression import ColumnElement
 
 from collectflow.flows.cases.events import record_events
+from collectflow.flows.cases.queue import bring_back, resolve_open_items, set_aside
 from collectflow.flows.errors import (
     ConcurrentChange,
     TransitionRefused,
     UnknownCase,
 )
-from collectflow.models import Case, QueueItem
+from collectflow.models import Case
 
 CASES = Case.__table__
-QUEUE = QueueItem.__table__
 
 OPEN = "open"
 REMINDING = "reminding"
@@ -118,27 +118,13 @@ def follow_in_queue(conn: Connection, selected: ColumnElement[bool], target: str
     dispute's own item stays). Escalated again: those set-aside items come back, unclaimed and
     dated today.
     """
-    in_cases = QUEUE.c.case_id.in_(select(CASES.c.id).where(selected).scalar_subquery())
-    open_item = QUEUE.c.resolved_on.is_(None)
+    cases = select(CASES.c.id).where(selected)
     if target in CLOSED:
-        conn.execute(update(QUEUE).where(in_cases, open_item).values(resolved_on=on))
+        resolve_open_items(conn, cases, on)
     elif target in PAUSED_STATES:
-        conn.execute(
-            update(QUEUE)
-            .where(in_cases, open_item, QUEUE.c.reason.in_(SET_ASIDE_WHILE_PAUSED))
-            .values(resolved_on=on, detail=f"set aside: case {target}")
-        )
+        set_aside(conn, cases, SET_ASIDE_WHILE_PAUSED, target, on)
     elif target == ESCALATED:
-        conn.execute(
-            update(QUEUE)
-            .where(
-                in_cases,
-                QUEUE.c.resolved_on.is_not(None),
-                QUEUE.c.reason.in_(SET_ASIDE_WHILE_PAUSED),
-                QUEUE.c.detail.like("set aside: %"),
-            )
-            .values(resolved_on=None, claimed_by=None, created_on=on, detail=None)
-        )
+        bring_back(conn, cases, SET_ASIDE_WHILE_PAUSED, on)
 
 
 def transition_case(

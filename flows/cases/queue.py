@@ -92,6 +92,11 @@ def queue_invoices(
     return conn.execute(insert(QUEUE).from_select(columns, source)).rowcount
 
 
+def reopened(on: date) -> dict[str, Any]:
+    """What an item coming back to the queue gets: open again, unclaimed, dated `on`."""
+    return {"resolved_on": None, "claimed_by": None, "created_on": on}
+
+
 def reopen_item(conn: Connection, case_id: int, reason: str, as_of: date) -> None:
     """Bring back a resolved item of the case for `reason`, unclaimed and dated today."""
     conn.execute(
@@ -99,7 +104,50 @@ def reopen_item(conn: Connection, case_id: int, reason: str, as_of: date) -> Non
         .where(
             QUEUE.c.case_id == case_id, QUEUE.c.reason == reason, QUEUE.c.resolved_on.is_not(None)
         )
-        .values(resolved_on=None, claimed_by=None, created_on=as_of)
+        .values(**reopened(as_of))
+    )
+
+
+SET_ASIDE = "set aside: case "
+"""The detail of an item set aside while its case waits, followed by the case's state."""
+
+
+def resolve_open_items(conn: Connection, cases: Select[Any], on: date) -> None:
+    """Resolve every open item of the selected cases (ids): nothing is left to do on them."""
+    conn.execute(
+        update(QUEUE)
+        .where(QUEUE.c.case_id.in_(cases.scalar_subquery()), QUEUE.c.resolved_on.is_(None))
+        .values(resolved_on=on)
+    )
+
+
+def set_aside(
+    conn: Connection, cases: Select[Any], reasons: tuple[str, ...], state: str, on: date
+) -> None:
+    """Resolve the selected cases' open items for `reasons` while the cases wait in `state`,
+    saying so in the detail, so that `bring_back` finds exactly them."""
+    conn.execute(
+        update(QUEUE)
+        .where(
+            QUEUE.c.case_id.in_(cases.scalar_subquery()),
+            QUEUE.c.resolved_on.is_(None),
+            QUEUE.c.reason.in_(reasons),
+        )
+        .values(resolved_on=on, detail=SET_ASIDE + state)
+    )
+
+
+def bring_back(conn: Connection, cases: Select[Any], reasons: tuple[str, ...], on: date) -> None:
+    """Reopen the selected cases' items for `reasons` that `set_aside` resolved."""
+    conn.execute(
+        update(QUEUE)
+        .where(
+            QUEUE.c.case_id.in_(cases.scalar_subquery()),
+            QUEUE.c.resolved_on.is_not(None),
+            QUEUE.c.reason.in_(reasons),
+            QUEUE.c.detail.like(SET_ASIDE + "%"),
+        )
+        .values(**reopened(on), detail=None)
     )
 
 

@@ -50,7 +50,7 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from collectflow.flows.cases.events import json_detail, record_events
 from collectflow.flows.cases.lifecycle import ACTIVE, DISPUTED, transition
-from collectflow.flows.cases.queue import queue_cases, queue_invoices
+from collectflow.flows.cases.queue import queue_cases, queue_invoices, reopened
 from collectflow.flows.ledger.balances import settled_amount
 from collectflow.flows.ledger.failures import failure_class_sql
 from collectflow.flows.mail.outbox import move
@@ -306,7 +306,7 @@ def _queue_order_disputes(conn: Connection, cases: Any, as_of: date) -> None:
             QUEUE.c.reason == "disputed",
             QUEUE.c.resolved_on.is_not(None),
         )
-        .values(resolved_on=None, claimed_by=None, created_on=as_of, detail=None)
+        .values(**reopened(as_of), detail=None)
     )
     queue_cases(
         conn,
