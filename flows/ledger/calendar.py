@@ -32,9 +32,10 @@ MARGIN = timedelta(days=7)
 
 def fill_calendar(conn: Connection, policy: Policy, as_of: date) -> int:
     """Rebuild the calendar for every customer country, from the earliest to the latest due
-    date owed (and `as_of`), when some ladder counts business days. Returns the rows written."""
+    date owed (and `as_of`), when some ladder counts business days (offsets or pacing). Returns
+    the rows written."""
     conn.execute(delete(CALENDAR))
-    if not any(ladder.business_days for ladder in policy.ladders.values()):
+    if not any(ladder.needs_calendar for ladder in policy.ladders.values()):
         return 0
     first, last = conn.execute(
         select(func.min(BALANCES.c.due_on), func.max(BALANCES.c.due_on))

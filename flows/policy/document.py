@@ -145,6 +145,16 @@ class Ladder(_Strict):
             raise ValueError("stage names must be unique within a ladder")
         return self
 
+    @property
+    def needs_calendar(self) -> bool:
+        """Whether the ladder counts business days anywhere: its offsets, or a gap between
+        stages or before escalation (pacing, on by default)."""
+        return (
+            self.business_days
+            or self.escalation.min_business_days > 0
+            or any(stage.business_gap for stage in self.stages)
+        )
+
 
 class Segment(_Strict):
     """A named rule over behaviour features; the first segment whose rule matches wins."""

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert
 
 from collectflow.flows.ledger.calendar import fill_calendar
-from collectflow.flows.policy.document import Ladder, Policy
+from collectflow.flows.policy.document import Policy
 from collectflow.models import LadderStage
 
 STAGES = LadderStage.__table__
@@ -24,24 +24,7 @@ STAGES = LadderStage.__table__
 def prepare(conn: Connection, policy: Policy, as_of: date) -> None:
     """Ladders from the policy and the business calendar up to `as_of`, as tables."""
     sync_ladders(conn, policy)
-    fill_calendar(conn, calendar_policy(policy), as_of)
-
-
-def calendar_policy(policy: Policy) -> Policy:
-    """The policy as `fill_calendar` should see it: a ladder paced in business days needs the
-    calendar even when its offsets count calendar days."""
-    paced = {
-        name: ladder.model_copy(update={"business_days": True}) if is_paced(ladder) else ladder
-        for name, ladder in policy.ladders.items()
-    }
-    return policy.model_copy(update={"ladders": paced})
-
-
-def is_paced(ladder: Ladder) -> bool:
-    """Whether some gap of the ladder counts business days."""
-    return ladder.escalation.min_business_days > 0 or any(
-        stage.business_gap for stage in ladder.stages
-    )
+    fill_calendar(conn, policy, as_of)
 
 
 def sync_ladders(conn: Connection, policy: Policy) -> None:
