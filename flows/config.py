@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     unsubscribe_url: str | None = None
     unsubscribe_secret: SecretStr | None = None
 
+    # The customer page (flows/feedback): the keys that sign answer links (comma-separated,
+    # the first signs, all verify) and the page's public base URL.
+    link_secret: SecretStr | None = None
+    public_url: str | None = None
+
     @field_validator("database_url")
     @classmethod
     def _a_database_url(cls, value: str) -> str:

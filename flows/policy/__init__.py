@@ -3,7 +3,8 @@
 `document.py` is the whole document (segments, ladders, escalation, attribution, templates)
 and `load_policy`; each other module is one section: `cases.py` (pauses: promises to pay),
 `contact.py` (quiet hours, the message cap), `diagnosis.py` (failure classes, causes, outage
-thresholds), `measurement.py` (cure window, experiment sample size).
+thresholds), `measurement.py` (cure window, experiment sample size), `feedback.py` (answer links and
+what the customer's answers may do).
 """
 
 from collectflow.flows.policy.cases import Pauses
@@ -19,6 +20,7 @@ from collectflow.flows.policy.document import (
     condition_sql,
     load_policy,
 )
+from collectflow.flows.policy.feedback import Feedback
 
 __all__ = [
     "CAUSES",
@@ -27,6 +29,7 @@ __all__ = [
     "Contact",
     "Diagnosis",
     "Escalation",
+    "Feedback",
     "Ladder",
     "Outage",
     "Pauses",

@@ -21,6 +21,7 @@ from collectflow.flows.errors import PolicyError
 from collectflow.flows.policy.cases import Pauses
 from collectflow.flows.policy.contact import Contact
 from collectflow.flows.policy.diagnosis import Diagnosis, Outage
+from collectflow.flows.policy.feedback import Feedback
 from collectflow.flows.policy.measurement import Measurement
 from collectflow.flows.policy.types import Days, OffsetDays, PositiveDays
 
@@ -239,6 +240,7 @@ class Policy(_Strict):
     outage: Outage = Outage()
     contact: Contact = Contact()
     measurement: Measurement = Measurement()
+    feedback: Feedback = Feedback()
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
