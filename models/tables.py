@@ -65,6 +65,9 @@ class Invoice(SQLModel, table=True):
     amount: Decimal = Field(sa_column=money_column())
     currency: str = Field(max_length=3)
     status: str = Field(default="open", max_length=16, description="open|paid|void|disputed")
+    payment_url: str | None = Field(
+        default=None, sa_type=Text, description="the billing system's own https pay link"
+    )
 
 
 class Payment(SQLModel, table=True):
