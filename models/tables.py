@@ -269,6 +269,9 @@ class MessageContent(SQLModel, table=True):
 
     message_id: int = Field(foreign_key="messages.id", primary_key=True)
     body_mime: str = Field(sa_type=Text)
+    link_expires_on: date | None = Field(
+        default=None, description="last day of the body's answer link (none for internal mail)"
+    )
 
 
 class MessageItem(SQLModel, table=True):

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, insert
 
-from collectflow.flows.config import PROJECT_ROOT
+from collectflow.flows.config import PROJECT_ROOT, get_settings
 from collectflow.flows.errors import TemplateError
+from collectflow.flows.feedback.message_links import message_links
 from collectflow.flows.mail import mime_body
 from collectflow.flows.policy import Policy, Sender
 from collectflow.flows.steps.render import (
@@ -333,7 +334,9 @@ def ledger(engine: Engine) -> dict[str, int]:
 
 def render_all(engine: Engine, catalog: TemplateCatalog, policy: Policy) -> int:
     with engine.begin() as conn:
-        return render_planned(conn, catalog, policy, AS_OF, batch_size=2)
+        return render_planned(
+            conn, catalog, policy, AS_OF, batch_size=2, links=message_links(get_settings())
+        )
 
 
 def test_render_planned_writes_the_reminder_in_the_customers_language(

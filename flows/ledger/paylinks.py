@@ -6,9 +6,8 @@ whose outage window is not open on the day: while the outage detector (flows/ste
 holds a gateway's window open, customers are offered the next healthy gateway instead. When
 every gateway is down, the first is offered anyway, so a message never lacks a way to pay.
 
-Render looks the open windows up once per batch (`open_outages`, `offered_gateway`) and builds
-each invoice's link with `pay_link`; the customer page asks `payment_links` for the invoices
-of one message.
+Render looks the open windows up once per run (`pay_offer`) and builds each invoice's link with
+`pay_link`; the customer page asks `payment_links` for the invoices of one message.
 """
 
 from __future__ import annotations
@@ -42,6 +41,21 @@ class PayLink:
     invoice_id: str
     gateway: str
     url: str
+
+
+@dataclass(frozen=True)
+class PayOffer:
+    """The gateway a day's messages offer for invoices without their own URL, and whether it
+    stands in for a preferred one that is down (messages then say so)."""
+
+    gateway: Gateway
+    fallback: bool = False
+
+
+def pay_offer(conn: Connection, policy: Policy, as_of: date) -> PayOffer:
+    """The day's offer: one query for the open outage windows, whatever the number of messages."""
+    gateway = offered_gateway(policy, open_outages(conn, as_of))
+    return PayOffer(gateway, gateway.name != policy.payment_gateways()[0].name)
 
 
 def open_outages(conn: Connection, as_of: date) -> frozenset[str]:
