@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import typer
 
-from collectflow.flows.cli import cases, delivery, report, run, segments
+from collectflow.flows.cli import cases, delivery, report, run, segments, serve
 
-COMMAND_MODULES = (run, cases, delivery, report, segments)  # in the order `--help` lists them
+COMMAND_MODULES = (
+    run,
+    cases,
+    delivery,
+    report,
+    segments,
+    serve,
+)  # in the order `--help` lists them
 
 app = typer.Typer(
     name="collectflow",

@@ -25,7 +25,7 @@ from sqlalchemy import (
     text,
     type_coerce,
 )
-from sqlalchemy.sql.expression import ColumnElement, FromClause, Subquery
+from sqlalchemy.sql.expression import ColumnElement, FromClause, Select, Subquery
 
 from collectflow.models import ClaimedPayment, Dispute, Invoice, InvoiceBalance, Money, Payment
 
@@ -59,24 +59,33 @@ def settled_amount(payments: FromClause = PAYMENTS) -> ColumnElement[Any]:
     return type_coerce(func.coalesce(func.sum(signed), ZERO), Money)
 
 
-def payment_totals(as_of: date) -> Subquery:
-    """Per invoice: what is settled on it and the last succeeded payment date, up to `as_of`."""
+def payment_totals(as_of: date, invoices: Select[Any] | None = None) -> Subquery:
+    """Per invoice: what is settled on it and the last succeeded payment date, up to `as_of`
+    (of the invoices whose ids `invoices` selects, when given)."""
     succeeded = PAYMENTS.c.status == "succeeded"
+    chosen = [] if invoices is None else [PAYMENTS.c.invoice_id.in_(invoices)]
     return (
         select(
             PAYMENTS.c.invoice_id,
             settled_amount().label("settled"),
             func.max(PAYMENTS.c.attempted_on).filter(succeeded).label("last_paid_on"),
         )
-        .where(PAYMENTS.c.attempted_on <= as_of, settling())
+        .where(PAYMENTS.c.attempted_on <= as_of, settling(), *chosen)
         .group_by(PAYMENTS.c.invoice_id)
         .subquery("payment_totals")
     )
 
 
-def invoice_positions(as_of: date) -> Subquery:
-    """Every invoice issued by `as_of` with what is owed on it and when it was last paid."""
-    totals = payment_totals(as_of)
+def invoice_positions(as_of: date, invoices: Select[Any] | None = None) -> Subquery:
+    """Every invoice issued by `as_of` with what is owed on it and when it was last paid.
+
+    `invoices`, a SELECT of invoice ids, limits the positions to those invoices, their
+    payments included: a handful of invoices (one message's, on the customer page) then
+    costs a handful of index lookups, where a filter outside the subquery may leave the
+    database aggregating every payment of the ledger first.
+    """
+    totals = payment_totals(as_of, invoices)
+    chosen = [] if invoices is None else [INVOICES.c.invoice_id.in_(invoices)]
     owed_by_payments = INVOICES.c.amount - func.coalesce(totals.c.settled, ZERO)
     trusted_settled = INVOICES.c.status.in_(("paid", "void"))
     owed = type_coerce(case((trusted_settled, ZERO), else_=owed_by_payments), Money)
@@ -93,7 +102,7 @@ def invoice_positions(as_of: date) -> Subquery:
             totals.c.last_paid_on,
         )
         .select_from(INVOICES.outerjoin(totals, totals.c.invoice_id == INVOICES.c.invoice_id))
-        .where(INVOICES.c.issued_on <= as_of)
+        .where(INVOICES.c.issued_on <= as_of, *chosen)
         .subquery("positions")
     )
 

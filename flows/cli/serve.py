@@ -1,0 +1,40 @@
+"""`collectflow serve`: the customer page, where answer links in messages lead."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from collectflow.flows.cli.options import engine_for, err, handles_errors
+from collectflow.flows.config import get_settings
+
+commands = typer.Typer()
+
+
+@commands.command()
+@handles_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve the customer page (the answer links in messages) until stopped.
+
+    Needs COLLECTFLOW_LINK_SECRET (the keys that signed the links) and, for the links in
+    messages to reach it, COLLECTFLOW_PUBLIC_URL: put it behind a TLS-terminating proxy.
+    """
+    import uvicorn
+
+    from collectflow.flows.feedback.page import RedactTokens, create_app
+
+    settings = get_settings()
+    app = create_app(settings)  # no link key: ConfigError, exit 2, before anything listens
+    engine_for(settings).dispose()  # creates or migrates the schema first
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    if not settings.public_url:
+        err.print(
+            "[yellow]COLLECTFLOW_PUBLIC_URL is not set:[/] messages carry no link to this page"
+        )
+    err.print(f"customer page on http://{host}:{port}/r/… (links under {settings.public_url})")
+    uvicorn.run(app, host=host, port=port, server_header=False, proxy_headers=True)

@@ -1,0 +1,133 @@
+"""What the customer page shows for one answer link: the message's invoices as they stand today.
+
+A link names a message (and its customer); the page lists the invoices that message asked
+for, each with what is owed on it today by the ledger's rule (flows/ledger/balances.py) and
+its state (paid, partly paid, disputed, ...; `standing` in flows/cases/casebook.py), so a
+customer who paid since the email sees it paid. Everything is read in two short queries
+limited to the message's own invoices and payments: a page view costs index lookups, not a
+pass over the ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+from sqlalchemy import Connection, select
+
+from collectflow.flows.cases.casebook import standing
+from collectflow.flows.feedback.links import LinkClaims
+from collectflow.flows.ledger.balances import invoice_positions
+from collectflow.models import Customer, Invoice, Message, MessageItem, Promise
+
+CUSTOMERS = Customer.__table__
+INVOICES = Invoice.__table__
+MESSAGES = Message.__table__
+ITEMS = MessageItem.__table__
+PROMISES = Promise.__table__
+
+SETTLED_STATES = frozenset({"paid", "void"})
+"""States of an invoice nobody is asked to pay: no checkbox, no pay link."""
+
+
+@dataclass(frozen=True)
+class Line:
+    """One invoice of the message, as it stands today."""
+
+    invoice_id: str
+    number: str
+    due_on: date
+    amount: Decimal
+    owed: Decimal
+    currency: str
+    state: str  # void | disputed | paid | partly paid | open (casebook.standing)
+
+    @property
+    def owing(self) -> bool:
+        """Still to pay: the customer may answer about it and gets its pay link."""
+        return self.state not in SETTLED_STATES and self.owed > 0
+
+
+@dataclass(frozen=True)
+class Statement:
+    """The message a link names, its customer and its invoices today."""
+
+    message_id: int
+    case_id: int
+    customer_id: str
+    customer_name: str
+    locale: str
+    lines: tuple[Line, ...]
+
+    @property
+    def owing(self) -> tuple[Line, ...]:
+        return tuple(line for line in self.lines if line.owing)
+
+    def totals(self) -> dict[str, Decimal]:
+        """What is still owed on the message's invoices, per currency."""
+        totals: dict[str, Decimal] = {}
+        for line in self.owing:
+            totals[line.currency] = totals.get(line.currency, Decimal(0)) + line.owed
+        return totals
+
+
+def load_statement(conn: Connection, claims: LinkClaims, today: date) -> Statement | None:
+    """The statement of the message `claims` names; None when no such message of that
+    customer exists (a link to a database that no longer has it answers as a bad link)."""
+    message = conn.execute(
+        select(MESSAGES.c.id, MESSAGES.c.case_id, CUSTOMERS.c.name, CUSTOMERS.c.locale)
+        .join(CUSTOMERS, CUSTOMERS.c.customer_id == MESSAGES.c.customer_id)
+        .where(
+            MESSAGES.c.id == claims.message_id,
+            MESSAGES.c.customer_id == claims.customer_id,
+            MESSAGES.c.kind != "internal",
+        )
+    ).first()
+    if message is None:
+        return None
+    invoices = select(ITEMS.c.invoice_id).where(ITEMS.c.message_id == claims.message_id)
+    positions = invoice_positions(today, invoices)
+    rows = conn.execute(
+        select(
+            INVOICES.c.invoice_id,
+            INVOICES.c.number,
+            INVOICES.c.due_on,
+            INVOICES.c.amount,
+            INVOICES.c.currency,
+            positions.c.owed,
+            standing(positions).label("state"),
+        )
+        .join(positions, positions.c.invoice_id == INVOICES.c.invoice_id)
+        .order_by(INVOICES.c.due_on, INVOICES.c.invoice_id)
+    )
+    lines = tuple(
+        Line(
+            invoice_id=row.invoice_id,
+            number=row.number or row.invoice_id,
+            due_on=row.due_on,
+            amount=row.amount,
+            owed=max(row.owed, Decimal(0)),
+            currency=row.currency,
+            state=row.state,
+        )
+        for row in rows
+    )
+    return Statement(
+        message_id=message.id,
+        case_id=message.case_id,
+        customer_id=claims.customer_id,
+        customer_name=message.name,
+        locale=message.locale,
+        lines=lines,
+    )
+
+
+def open_promise_date(conn: Connection, case_id: int) -> date | None:
+    """The date of the case's latest open promise to pay, for the confirmation page."""
+    return conn.execute(
+        select(PROMISES.c.promised_on)
+        .where(PROMISES.c.case_id == case_id, PROMISES.c.status == "open")
+        .order_by(PROMISES.c.id.desc())
+        .limit(1)
+    ).scalar()
