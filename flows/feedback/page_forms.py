@@ -45,9 +45,9 @@ FIELDS_OF = {
 }
 """The fields each answer's form shows: a problem with any other is the form's as a whole."""
 
-ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+ISO_DATE = re.compile("[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits only: \d takes any script
 GROUPING = re.compile("[ \u00a0\u202f\u2009'\u2019]")  # spaces and apostrophes between digit groups
-AMOUNT = re.compile(r"\d+(?:[.,]\d+)*")
+AMOUNT = re.compile("[0-9]+(?:[.,][0-9]+)*")
 
 
 @dataclass(frozen=True)
