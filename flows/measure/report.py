@@ -7,13 +7,14 @@ are in docs/metrics.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
 
 from collectflow.flows.measure.experiments import Comparison, experiment_results
+from collectflow.flows.measure.gateways import GatewayPayments, payments_by_gateway
 from collectflow.flows.measure.metrics import Figures, breakdown, recovery_curves
 from collectflow.flows.measure.portfolio import Portfolio, portfolio
 from collectflow.flows.policy.document import Policy
@@ -38,6 +39,7 @@ class Report:
     recovery_curves: dict[str, list[float]]
     experiments: list[Comparison]
     portfolio: list[Portfolio]
+    payments_by_gateway: list[GatewayPayments] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class Report:
             "recovery_curves": self.recovery_curves,
             "experiments": [comparison.to_dict() for comparison in self.experiments],
             "portfolio": [figures.to_dict() for figures in self.portfolio],
+            "payments_by_gateway": [group.to_dict() for group in self.payments_by_gateway],
         }
 
 
@@ -85,6 +88,7 @@ def effectiveness_report(
             conn, as_of, cure_days, policy.measurement.min_sample, since, until
         ),
         portfolio=portfolio(conn, since or end - timedelta(days=PORTFOLIO_DAYS - 1), end),
+        payments_by_gateway=payments_by_gateway(conn, as_of, cure_days, since, until),
     )
 
 
