@@ -25,6 +25,7 @@ from collectflow.flows.steps.render import (
     load_catalog,
     render_planned,
 )
+from collectflow.flows.steps.render.context import SAMPLE_ANSWER_URL
 from collectflow.models import Case, Customer, Invoice, Message, MessageItem
 from tests.outbox import with_bodies
 
@@ -70,7 +71,9 @@ def context(
     customer = {"customer_id": "C1", "name": name, "email": "ap@acme.example"}
     sender = Sender(name="Claire Martin", title="Accounts Receivable", company="Northwind")
     message = {"stage": "gentle", "case_id": 7}
-    return build_context(message, items or [item()], customer, sender, AS_OF, locale)
+    return build_context(
+        message, items or [item()], customer, sender, AS_OF, locale, answer_url=SAMPLE_ANSWER_URL
+    )
 
 
 def copy_templates(tmp_path: Path) -> Path:
