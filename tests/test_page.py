@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from babel import Locale
 from babel.dates import format_date
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, insert, select
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -43,6 +43,7 @@ from collectflow.models import (
     CustomerAnswer,
     Dispute,
     Message,
+    OutageWindow,
     Promise,
 )
 from tests.ledger import Ledger
@@ -196,6 +197,27 @@ def test_when_everything_is_paid_the_page_says_so_and_offers_only_to_stop_emails
     assert "Toutes les factures de ce message sont payées." in html
     assert 'href="https://pay.' not in html
     assert re.findall(r'<details class="answer" id="(\w+)"', html) == ["unsubscribe"]
+
+
+def test_while_the_preferred_gateway_is_down_the_page_offers_the_backup_and_says_so(
+    engine: Engine, client: TestClient, reminder: Reminder
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            insert(OutageWindow.__table__).values(
+                gateway="stripe", started_on=reminder.today - timedelta(days=1), attempts=40,
+                failures=30, failure_rate=0.75, baseline_rate=0.02,
+            )
+        )  # fmt: skip
+
+    html = html_module.unescape(client.get(f"/r/{reminder.token}").text)
+
+    assert 'href="https://pay-backup.example.com/invoice/INV-31"' in html
+    assert PAY_URL not in html
+    assert (
+        "Notre service de paiement habituel est momentanément indisponible : les liens"
+        " ci-dessous vous dirigent donc vers Adyen."
+    ) in html.replace(NBSP, " ")
 
 
 # --- the links a stranger might try --------------------------------------------------------

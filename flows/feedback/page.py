@@ -90,8 +90,9 @@ from collectflow.flows.feedback.statement import (
     Statement,
     load_statement,
     open_promise_date,
+    pay_links,
 )
-from collectflow.flows.ledger.paylinks import PayLink, payment_links
+from collectflow.flows.ledger.paylinks import PayLink, PayOffer, pay_offer
 from collectflow.flows.pipeline import business_today
 from collectflow.flows.policy import Policy, load_policy
 from collectflow.flows.steps.render.context import (
@@ -109,6 +110,20 @@ ONE_CLICK = ("List-Unsubscribe", "One-Click")
 PAGE_TEMPLATES = PROJECT_ROOT / "templates" / "page"
 RATE_WINDOW = timedelta(hours=1)
 TOKEN_IN_PATH = re.compile(r"/r/[^/?\s]+")
+
+
+@dataclass(frozen=True)
+class Links:
+    """Today's pay links of a statement's owed invoices, and the gateway offer they follow."""
+
+    by_invoice: dict[str, PayLink]
+    offer: PayOffer
+
+    def stand_in(self) -> str:
+        """The backup gateway's name when it stands in for the preferred one (down today)
+        on at least one link, as the emails say it; else empty."""
+        used = any(link.gateway == self.offer.gateway.name for link in self.by_invoice.values())
+        return self.offer.gateway.shown_as if self.offer.fallback and used else ""
 
 
 @dataclass(frozen=True)
@@ -402,17 +417,14 @@ def _statement(page: PageSettings, claims: LinkClaims) -> Statement:
     return statement
 
 
-def _statement_and_links(
-    page: PageSettings, claims: LinkClaims
-) -> tuple[Statement, dict[str, PayLink]]:
+def _statement_and_links(page: PageSettings, claims: LinkClaims) -> tuple[Statement, Links]:
     today = page.today()
     with page.engine.connect() as conn:
         statement = load_statement(conn, claims, today)
         if statement is None:
             raise HTTPException(status_code=404)
-        owing = [line.invoice_id for line in statement.owing]
-        links = payment_links(conn, page.policy, owing, today)
-    return statement, links
+        offer = pay_offer(conn, page.policy, today)
+    return statement, Links(pay_links(statement, offer), offer)
 
 
 def _over_limit(page: PageSettings, statement: Statement) -> bool:
@@ -465,7 +477,7 @@ def _statement_page(
     request: Request,
     page: PageSettings,
     statement: Statement,
-    links: Mapping[str, PayLink],
+    links: Links,
     form: Posted | None = None,
     problems: Mapping[str, Problem] | None = None,
     opened: str | None = None,
@@ -490,6 +502,7 @@ def _statement_page(
         totals=[_money(owed, code, locale) for code, owed in sorted(statement.totals().items())],
         currencies=sorted(statement.totals()),
         intents=INTENTS if statement.owing else ("unsubscribe",),
+        stand_in=links.stand_in(),
         opened=form.intent if form else opened,
         form=form,
         problems={
@@ -509,7 +522,7 @@ def _confirmation(
     request: Request,
     page: PageSettings,
     statement: Statement,
-    links: Mapping[str, PayLink],
+    links: Links,
     intent: str,
 ) -> HTMLResponse:
     language = language_of(statement.locale)
@@ -526,6 +539,7 @@ def _confirmation(
         **_common(page, language, locale),
         token=request.path_params["token"],
         intent=intent,
+        stand_in=links.stand_in(),
         hold_days=page.policy.feedback.claimed_paid_hold_days,
         promised=_long_date(promised, locale) if promised else None,
         lines=[_line(line, links, locale) for line in statement.owing],
@@ -574,8 +588,8 @@ def _expired_page(request: Request, page: PageSettings, claims: LinkClaims) -> H
     )
 
 
-def _line(line: Any, links: Mapping[str, PayLink], locale: Locale) -> dict[str, Any]:
-    link = links.get(line.invoice_id) if line.owing else None
+def _line(line: Any, links: Links, locale: Locale) -> dict[str, Any]:
+    link = links.by_invoice.get(line.invoice_id)
     return {
         "invoice_id": line.invoice_id,
         "number": line.number,

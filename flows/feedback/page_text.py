@@ -36,6 +36,8 @@ EN: dict[str, str] = {
     "pay": "Pay",
     "pay_label": "Pay invoice {number} online",
     "due_on": "due {date}",
+    "stand_in": "Our usual payment service is temporarily unavailable, so the links below take"
+    " you to {label} instead.",
     "total": "Still to pay",
     "all_paid": "Everything in this message is paid. Thank you!",
     "answers_title": "Tell us where things stand",
@@ -153,6 +155,8 @@ FR: dict[str, str] = {
     "pay": "Payer",
     "pay_label": "Payer la facture {number} en ligne",
     "due_on": "échéance le {date}",
+    "stand_in": f"Notre service de paiement habituel est momentanément indisponible{NBSP}: les"
+    " liens ci-dessous vous dirigent donc vers {label}.",
     "total": "Reste à payer",
     "all_paid": f"Toutes les factures de ce message sont payées. Merci{NNBSP}!",
     "answers_title": "Dites-nous où vous en êtes",
@@ -272,6 +276,8 @@ DE: dict[str, str] = {
     "pay": "Bezahlen",
     "pay_label": "Rechnung {number} online bezahlen",
     "due_on": "fällig am {date}",
+    "stand_in": "Unser üblicher Zahlungsdienst ist vorübergehend nicht erreichbar; die Links"
+    " unten führen Sie daher zu {label}.",
     "total": "Noch offen",
     "all_paid": "Alle Rechnungen aus dieser Nachricht sind bezahlt. Vielen Dank!",
     "answers_title": "Sagen Sie uns, wie es aussieht",
