@@ -12,6 +12,11 @@ from collectflow.flows.config import get_settings
 
 commands = typer.Typer()
 
+KEEP_ALIVE_SECONDS = 75
+"""How long an idle connection stays open: longer than the 60 s a reverse proxy (nginx, a
+cloud load balancer) keeps its own, so the proxy closes first. Uvicorn's default of 5 s races
+with the proxy reusing the connection, and the customer gets a 502."""
+
 
 @commands.command()
 @handles_errors
@@ -37,4 +42,11 @@ def serve(
             "[yellow]COLLECTFLOW_PUBLIC_URL is not set:[/] messages carry no link to this page"
         )
     err.print(f"customer page on http://{host}:{port}/r/… (links under {settings.public_url})")
-    uvicorn.run(app, host=host, port=port, server_header=False, proxy_headers=True)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        server_header=False,
+        proxy_headers=True,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
