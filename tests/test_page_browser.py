@@ -180,6 +180,17 @@ def open_answer(driver, intent: str):  # type: ignore[no-untyped-def]
     return details.find_element(By.TAG_NAME, "form")
 
 
+def navigate(driver, element) -> None:  # type: ignore[no-untyped-def]
+    """Click a link or a submit button and wait until the next page has replaced this one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+
+
 def set_date(driver, field, day: date) -> None:  # type: ignore[no-untyped-def]
     """A date input's value, whatever the browser's display format (the test's own script)."""
     driver.execute_script("arguments[0].value = arguments[1]", field, day.isoformat())
@@ -217,11 +228,11 @@ def test_customers_answer_from_the_link_in_their_email(
         set_date(driver, form.find_element(By.NAME, "paid_on"), today - timedelta(days=1))
         form.find_element(By.NAME, "amount").send_keys("1,234.50")
         form.find_element(By.NAME, "reference").send_keys("BACS 77-1203")
-        form.find_element(By.TAG_NAME, "button").click()
+        navigate(driver, form.find_element(By.TAG_NAME, "button"))
         assert "Thank you, we have your answer" in driver.find_element(By.TAG_NAME, "h1").text
         assert "5 business days" in driver.page_source
-        driver.find_element(By.CLASS_NAME, "back").click()
-        open_answer(driver, "payment_failed").find_element(By.TAG_NAME, "button").click()
+        navigate(driver, driver.find_element(By.CLASS_NAME, "back"))
+        navigate(driver, open_answer(driver, "payment_failed").find_element(By.TAG_NAME, "button"))
         assert driver.find_elements(By.CSS_SELECTOR, ".pay-list a.button")  # the pay links
     finally:
         driver.quit()
@@ -236,7 +247,7 @@ def test_customers_answer_from_the_link_in_their_email(
         form = open_answer(driver, "need_time")
         set_date(driver, form.find_element(By.NAME, "promise_date"), today + timedelta(days=14))
         form.find_element(By.NAME, "amount").send_keys("mille euros")
-        form.find_element(By.TAG_NAME, "button").click()
+        navigate(driver, form.find_element(By.TAG_NAME, "button"))
         error = driver.find_element(By.ID, "need_time-amount-error")
         assert error.text.startswith("Saisissez un montant, par exemple")
         kept = driver.find_element(By.ID, "need_time-amount")
@@ -244,7 +255,7 @@ def test_customers_answer_from_the_link_in_their_email(
         screenshot(driver, shots / "page-fr-phone.png", PHONE[0])
         kept.clear()
         kept.send_keys("600,00")
-        driver.find_element(By.CSS_SELECTOR, "#need_time button").click()
+        navigate(driver, driver.find_element(By.CSS_SELECTOR, "#need_time button"))
         assert "d'ici le" in driver.find_element(By.CSS_SELECTOR, ".notice-done").text
     finally:
         driver.quit()
@@ -263,10 +274,10 @@ def test_customers_answer_from_the_link_in_their_email(
         )
         form.find_element(By.XPATH, ".//input[@value='DIETER-2']").click()  # only the first
         screenshot(driver, shots / "page-de.png", DESKTOP[0])
-        form.find_element(By.TAG_NAME, "button").click()
+        navigate(driver, form.find_element(By.TAG_NAME, "button"))
         assert "Vielen Dank" in driver.find_element(By.TAG_NAME, "h1").text
-        driver.find_element(By.CLASS_NAME, "back").click()
-        open_answer(driver, "unsubscribe").find_element(By.TAG_NAME, "button").click()
+        navigate(driver, driver.find_element(By.CLASS_NAME, "back"))
+        navigate(driver, open_answer(driver, "unsubscribe").find_element(By.TAG_NAME, "button"))
         assert "keine E-Mails mehr" in driver.find_element(By.CSS_SELECTOR, ".notice-done").text
     finally:
         driver.quit()
