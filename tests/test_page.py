@@ -495,6 +495,12 @@ def test_serve_refuses_to_start_without_a_link_secret(
 
     assert result.exit_code == 2
     assert "COLLECTFLOW_LINK_SECRET is not set" in result.stderr
+    demo_key = settings.outbox.resolve().parent / ".collectflow-demo-link-secret"
+    demo_key.write_text("a-key-the-demo-made-earlier-0123\n")
+    after_demo = CliRunner().invoke(cli, ["serve", "--port", "8999"])
+    assert after_demo.exit_code == 2
+    unwrapped = "".join(after_demo.stderr.split())  # the console wraps long lines
+    assert f"COLLECTFLOW_LINK_SECRET=$(cat{demo_key})collectflowserve" in unwrapped
 
 
 def test_access_logs_never_show_a_token() -> None:

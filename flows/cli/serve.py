@@ -9,6 +9,7 @@ import typer
 
 from collectflow.flows.cli.options import engine_for, err, handles_errors
 from collectflow.flows.config import get_settings
+from collectflow.flows.errors import ConfigError
 
 commands = typer.Typer()
 
@@ -32,8 +33,15 @@ def serve(
     import uvicorn
 
     from collectflow.flows.feedback.page import RedactTokens, create_app
+    from collectflow.flows.ledger.demo import DEMO_SECRET_FILE
 
     settings = get_settings()
+    demo_key = settings.outbox.resolve().parent / DEMO_SECRET_FILE
+    if settings.link_secret is None and demo_key.exists():
+        raise ConfigError(
+            "COLLECTFLOW_LINK_SECRET is not set; to serve the demo's links, use the demo's key:"
+            f" COLLECTFLOW_LINK_SECRET=$(cat {demo_key}) collectflow serve"
+        )
     app = create_app(settings)  # no link key: ConfigError, exit 2, before anything listens
     engine_for(settings).dispose()  # creates or migrates the schema first
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())
