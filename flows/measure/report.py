@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from collectflow.flows.measure.experiments import Comparison, experiment_results
+from collectflow.flows.measure.feedback import FeedbackFigures, feedback_figures
 from collectflow.flows.measure.gateways import GatewayPayments, payments_by_gateway
 from collectflow.flows.measure.metrics import Figures, breakdown, recovery_curves
 from collectflow.flows.measure.portfolio import Portfolio, portfolio
@@ -39,6 +40,7 @@ class Report:
     recovery_curves: dict[str, list[float]]
     experiments: list[Comparison]
     portfolio: list[Portfolio]
+    feedback: FeedbackFigures
     payments_by_gateway: list[GatewayPayments] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,6 +60,7 @@ class Report:
             "recovery_curves": self.recovery_curves,
             "experiments": [comparison.to_dict() for comparison in self.experiments],
             "portfolio": [figures.to_dict() for figures in self.portfolio],
+            "feedback": self.feedback.to_dict(),
             "payments_by_gateway": [group.to_dict() for group in self.payments_by_gateway],
         }
 
@@ -88,6 +91,7 @@ def effectiveness_report(
             conn, as_of, cure_days, policy.measurement.min_sample, since, until
         ),
         portfolio=portfolio(conn, since or end - timedelta(days=PORTFOLIO_DAYS - 1), end),
+        feedback=feedback_figures(conn, as_of, since, until),
         payments_by_gateway=payments_by_gateway(conn, as_of, cure_days, since, until),
     )
 
@@ -122,4 +126,8 @@ def report_markdown(report: Report) -> str:
             for p in report.portfolio
         ]
         lines.append(f"\nCEI variant: {report.portfolio[0].cei_variant}.")
+    said = report.feedback
+    if said.answers:
+        counts = ", ".join(f"{intent} {n}" for intent, n in said.responses.items())
+        lines += ["", "## What customers say", f"{said.answers} answer(s): {counts}."]
     return "\n".join(lines)
