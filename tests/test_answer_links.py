@@ -208,8 +208,9 @@ def test_a_production_run_without_a_link_secret_or_public_url_stops_at_startup(
         result = runner.invoke(app, command)
         assert result.exit_code == 2, (command, result.stderr)
         assert error in result.stderr
-    with pytest.raises(ConfigError, match=error.split(" ")[0]):
-        campaign("summer", "firm", as_of=TODAY, dry_run=False)
+    if value is None:  # a campaign is a flow run of its own: once per missing setting
+        with pytest.raises(ConfigError, match=error):
+            campaign("summer", "firm", as_of=TODAY, dry_run=False)
     with engine.connect() as conn:
         assert conn.execute(select(MESSAGES.c.status)).scalars().all() == ["planned"]
     assert not settings.outbox.exists()
