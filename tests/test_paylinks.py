@@ -213,10 +213,13 @@ def test_messages_offer_the_backup_gateway_while_the_window_is_open_and_the_apol
     html = apology.get_body(("html",)).get_content()
     assert "takes you to <strong>Stripe</strong>" in html
 
-    report = CliRunner().invoke(
-        app, ["report", "--as-of", str(SPIKE + timedelta(days=1)), "--json"]
-    )
+    html = tmp_path / "report.html"
+    day = str(SPIKE + timedelta(days=1))
+    report = CliRunner().invoke(app, ["report", "--as-of", day, "--json", "--html", str(html)])
     assert report.exit_code == 0, report.stderr
     assert json.loads(report.stdout)["payments_by_gateway"] == [
         {"gateway": "adyen", "payments": 1, "messages": 1, "amounts": {"EUR": "100.0000"}}
     ]
+    page = html.read_text(encoding="utf-8")
+    table = page[page.index("<h2>Payments after a message, by gateway</h2>") :]
+    assert "<td class='text'>adyen</td><td>1</td><td>1</td><td>100.00 EUR</td>" in table

@@ -63,10 +63,10 @@ def render_html(report: Report) -> str:
         experiments_table(report),
         "<h2>Portfolio</h2>",
         portfolio_table(report),
-        "<h2>What customers say</h2>",
-        feedback_section(report),
         "<h2>Payments after a message, by gateway</h2>",
         gateway_table(report),
+        "<h2>What customers say</h2>",
+        feedback_section(report),
     ]
     for name, rows in report.breakdowns.items():
         parts += [f"<h2>By {escape(name)}</h2>", figures_table(name, rows)]

@@ -24,7 +24,8 @@ never do arithmetic or formatting):
                                 # reminder" is true (false when the ladder entered by age)
     answer_url: the message's signed link to the customer page, where the customer says
                 they paid, reports a problem or asks for time (flows/feedback/
-                message_links.py); None in internal messages, which go to colleagues
+                message_links.py); absent from internal messages, which go to colleagues,
+                so a customer template rendered without one fails instead of linking nowhere
 
 Money and dates are formatted in the message's locale when its templates are in that language
 (`fr_CA` gets Canadian French figures with the `fr` templates); when the templates fell back to
@@ -98,7 +99,7 @@ def build_context(
     for item in items:
         owed[item["currency"]] += item["owed"]
     totals = [_money(owed[code], code, babel_locale) for code in sorted(owed)]
-    return {
+    context = {
         "customer": {key: customer[key] for key in ("customer_id", "name", "email")},
         "stage": message["stage"],
         "case_id": message["case_id"],
@@ -121,8 +122,10 @@ def build_context(
             "label": offer.gateway.shown_as if offered else "",
             "fallback": offer.fallback and offered,
         },
-        "answer_url": answer_url,
     }
+    if answer_url is not None:
+        context["answer_url"] = answer_url
+    return context
 
 
 def _invoice(

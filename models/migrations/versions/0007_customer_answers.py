@@ -17,7 +17,7 @@ from alembic import op
 from collectflow.models import instant, money
 
 revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
