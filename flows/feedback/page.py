@@ -87,6 +87,7 @@ from collectflow.flows.feedback.page_text import (
     language_of,
 )
 from collectflow.flows.feedback.statement import (
+    Line,
     Statement,
     load_statement,
     open_promise_date,
@@ -96,17 +97,17 @@ from collectflow.flows.ledger.paylinks import PayLink, PayOffer, pay_offer
 from collectflow.flows.pipeline import business_today
 from collectflow.flows.policy import Policy, load_policy
 from collectflow.flows.steps.render.context import (
-    _long_date,
-    _money,
     babel_locale_for,
     formatting_locale,
+    long_date,
+    money,
 )
 from collectflow.models import make_engine
 
 FORM_SALT = "collectflow.page-form.v1"
 MAX_BODY = 64 * 1024  # a full form is under 25 KB: 2,000 characters percent-encoded, invoices
 MAX_TOKEN = 512
-ONE_CLICK = ("List-Unsubscribe", "One-Click")
+ONE_CLICK = {"List-Unsubscribe": ["One-Click"]}  # RFC 8058's body, all of it
 PAGE_TEMPLATES = PROJECT_ROOT / "templates" / "page"
 RATE_WINDOW = timedelta(hours=1)
 TOKEN_IN_PATH = re.compile(r"/r/[^/?\s]+")
@@ -228,7 +229,6 @@ class SecurityHeaders:
 
     def __init__(self, app: Starlette, csp: str, strict_transport: bool) -> None:
         self.app = app
-        self.state = app.state
         headers = [
             (b"content-security-policy", csp.encode("ascii")),
             (b"x-content-type-options", b"nosniff"),
@@ -290,13 +290,13 @@ async def _answer(request: Request) -> Response:
     form = _fields(await request.form(max_files=0, max_fields=500))
     if not _form_token_valid(page, request.path_params["token"], form):
         language = await run_in_threadpool(_language, page, claims)
-        return _notice(request, page, 403, "forbidden", language)
+        return _notice(page, 403, "forbidden", language)
     answer_form = posted(form)
     statement, links = await run_in_threadpool(_statement_and_links, page, claims)
     if answer_form.intent not in INTENTS:
-        return _notice(request, page, 400, "bad_request", language_of(statement.locale))
+        return _notice(page, 400, "bad_request", language_of(statement.locale))
     if await run_in_threadpool(_over_limit, page, statement):
-        return _notice(request, page, 429, "too_many", language_of(statement.locale))
+        return _notice(page, 429, "too_many", language_of(statement.locale))
     locale = _formatting(statement)
     try:
         answer = read_answer(answer_form, statement, page.policy, page.today(), locale)
@@ -318,7 +318,7 @@ async def _one_click(request: Request) -> Response:
     page: PageSettings = request.app.state.page
     claims = _claims(request, page, expired_ok=True)
     form = _fields(await request.form(max_files=0, max_fields=10))
-    if [(name, values) for name, values in form.items()] != [(ONE_CLICK[0], [ONE_CLICK[1]])]:
+    if form != ONE_CLICK:
         return PlainTextResponse("expected List-Unsubscribe=One-Click", status_code=400)
     statement = await run_in_threadpool(_statement, page, claims)
     if await run_in_threadpool(_over_limit, page, statement):
@@ -353,7 +353,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, _Expired):
         return await run_in_threadpool(_expired_page, request, page, exc.claims)
     kind = {403: "forbidden", 413: "too_large", 404: "bad_link"}.get(exc.status_code)
-    response = _notice(request, page, exc.status_code, kind or "bad_request", language)
+    response = _notice(page, exc.status_code, kind or "bad_request", language)
     if exc.headers:
         response.headers.update(exc.headers)
     return response
@@ -453,9 +453,7 @@ def _language(page: PageSettings, claims: LinkClaims) -> str:
     return language_of(statement.locale)
 
 
-def _render(
-    request: Request, page: PageSettings, template: str, status: int, **context: Any
-) -> HTMLResponse:
+def _render(page: PageSettings, template: str, status: int, **context: Any) -> HTMLResponse:
     html = page.env.get_template(template).render(css=page.css, **context)
     return HTMLResponse(html, status_code=status)
 
@@ -469,7 +467,7 @@ def _common(page: PageSettings, language: str, locale: Locale) -> dict[str, Any]
         "company": sender.company,
         "sender_name": sender.name_in(language),
         "contact": page.contact,
-        "today": _long_date(page.today(), locale),
+        "today": long_date(page.today(), locale),
     }
 
 
@@ -488,7 +486,6 @@ def _statement_page(
     today = page.today()
     feedback = page.policy.feedback
     return _render(
-        request,
         page,
         "statement.html",
         422 if problems else 200,
@@ -499,7 +496,7 @@ def _statement_page(
         lines=[_line(line, links, locale) for line in statement.lines],
         owing_lines=[_line(line, links, locale) for line in statement.owing],
         reasons=ORDER_REASONS,
-        totals=[_money(owed, code, locale) for code, owed in sorted(statement.totals().items())],
+        totals=[money(owed, code, locale) for code, owed in sorted(statement.totals().items())],
         currencies=sorted(statement.totals()),
         intents=INTENTS if statement.owing else ("unsubscribe",),
         stand_in=links.stand_in(),
@@ -512,7 +509,7 @@ def _statement_page(
         promise_days=feedback.max_promise_days,
         today_iso=today.isoformat(),
         latest_iso=latest_promise(page.policy, today).isoformat(),
-        latest=_long_date(latest_promise(page.policy, today), locale),
+        latest=long_date(latest_promise(page.policy, today), locale),
         max_text=MAX_TEXT,
         max_reference=MAX_REFERENCE,
     )
@@ -532,7 +529,6 @@ def _confirmation(
         with page.engine.connect() as conn:
             promised = open_promise_date(conn, statement.case_id)
     return _render(
-        request,
         page,
         "done.html",
         200,
@@ -541,17 +537,14 @@ def _confirmation(
         intent=intent,
         stand_in=links.stand_in(),
         hold_days=page.policy.feedback.claimed_paid_hold_days,
-        promised=_long_date(promised, locale) if promised else None,
+        promised=long_date(promised, locale) if promised else None,
         lines=[_line(line, links, locale) for line in statement.owing],
     )
 
 
-def _notice(
-    request: Request, page: PageSettings, status: int, kind: str, language: str
-) -> HTMLResponse:
+def _notice(page: PageSettings, status: int, kind: str, language: str) -> HTMLResponse:
     locale = babel_locale_for(language)
     return _render(
-        request,
         page,
         "notice.html",
         status,
@@ -571,13 +564,12 @@ def _expired_page(request: Request, page: PageSettings, claims: LinkClaims) -> H
     locale = babel_locale_for(language)
     common = _common(page, language, locale)
     values = {
-        "date": _long_date(claims.expires_on, locale),
+        "date": long_date(claims.expires_on, locale),
         "name": common["sender_name"],
         "company": common["company"],
         "email": mailto(page.contact),
     }
     return _render(
-        request,
         page,
         "notice.html",
         410,
@@ -588,14 +580,14 @@ def _expired_page(request: Request, page: PageSettings, claims: LinkClaims) -> H
     )
 
 
-def _line(line: Any, links: Links, locale: Locale) -> dict[str, Any]:
+def _line(line: Line, links: Links, locale: Locale) -> dict[str, Any]:
     link = links.by_invoice.get(line.invoice_id)
     return {
         "invoice_id": line.invoice_id,
         "number": line.number,
-        "due_on": _long_date(line.due_on, locale),
-        "amount": _money(line.amount, line.currency, locale),
-        "owed": _money(line.owed, line.currency, locale),
+        "due_on": long_date(line.due_on, locale),
+        "amount": money(line.amount, line.currency, locale),
+        "owed": money(line.owed, line.currency, locale),
         "state": line.state,
         "owing": line.owing,
         "pay_url": link.url if link else None,
@@ -607,7 +599,7 @@ def _problem_text(t: Translator, problem: Problem, locale: Locale) -> str:
     currency = values.pop("currency", None)
     for name, value in values.items():
         if isinstance(value, Decimal) and currency:
-            values[name] = _money(value, currency, locale)
+            values[name] = money(value, currency, locale)
         elif isinstance(value, date):
-            values[name] = _long_date(value, locale)
+            values[name] = long_date(value, locale)
     return t(problem.key, **values)

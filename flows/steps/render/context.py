@@ -98,7 +98,7 @@ def build_context(
     owed: dict[str, Decimal] = defaultdict(Decimal)
     for item in items:
         owed[item["currency"]] += item["owed"]
-    totals = [_money(owed[code], code, babel_locale) for code in sorted(owed)]
+    totals = [money(owed[code], code, babel_locale) for code in sorted(owed)]
     context = {
         "customer": {key: customer[key] for key in ("customer_id", "name", "email")},
         "stage": message["stage"],
@@ -112,9 +112,9 @@ def build_context(
             "title": sender.titles.get(babel_locale.language, sender.title),
             "company": sender.company,
         },
-        "today": _long_date(as_of, babel_locale),
+        "today": long_date(as_of, babel_locale),
         "history": [
-            {"stage": row["stage"], "sent_on": _long_date(row["sent_on"], babel_locale)}
+            {"stage": row["stage"], "sent_on": long_date(row["sent_on"], babel_locale)}
             for row in history
         ],
         "reminded": reminded,
@@ -135,10 +135,10 @@ def _invoice(
     return {
         "invoice_id": item["invoice_id"],
         "number": item["number"] or item["invoice_id"],
-        "issued_on": _long_date(item["issued_on"], locale),
-        "due_on": _long_date(item["due_on"], locale),
-        "amount": _money(item["amount"], item["currency"], locale),
-        "owed": _money(item["owed"], item["currency"], locale),
+        "issued_on": long_date(item["issued_on"], locale),
+        "due_on": long_date(item["due_on"], locale),
+        "amount": money(item["amount"], item["currency"], locale),
+        "owed": money(item["owed"], item["currency"], locale),
         "currency": item["currency"],
         "days_overdue": (as_of - item["due_on"]).days,
         "payment_url": link.url,
@@ -147,15 +147,16 @@ def _invoice(
 
 
 @lru_cache(maxsize=65536)
-def _money(amount: Decimal, currency: str, locale: Locale) -> str:
-    """Cached: Babel is most of the cost of a context, and an invoice's amount is often what is
-    owed on it."""
+def money(amount: Decimal, currency: str, locale: Locale) -> str:
+    """An amount as the customer's messages and page write it. Cached: Babel is most of the
+    cost of a context, and an invoice's amount is often what is owed on it."""
     return format_currency(amount, currency, locale=locale)
 
 
 @lru_cache(maxsize=4096)
-def _long_date(day: date, locale: Locale) -> str:
-    """Cached: a batch repeats the same few due dates thousands of times."""
+def long_date(day: date, locale: Locale) -> str:
+    """A date as the customer's messages and page write it. Cached: a batch repeats the same
+    few due dates thousands of times."""
     return format_date(day, format="long", locale=locale)
 
 
