@@ -167,10 +167,14 @@ def test_the_page_shows_the_messages_invoices_today_in_the_customers_language(
 def test_every_response_carries_the_security_headers_and_the_style_matches_its_hash(
     client: TestClient, reminder: Reminder
 ) -> None:
+    robots = client.get("/robots.txt")  # no search engine indexes customers' pages
+    assert robots.text == "User-agent: *\nDisallow: /\n"
+    assert robots.headers["x-robots-tag"] == "noindex, nofollow"
     for response in (
         client.get(f"/r/{reminder.token}"),
         client.get("/r/not-a-token"),
         client.get("/nowhere"),
+        client.put(f"/r/{reminder.token}"),
     ):
         csp = dict(
             part.strip().split(" ", 1)
