@@ -102,7 +102,7 @@ def read_answer(
         if fields["paid_on"] and fields["paid_on"] > today:
             problems["paid_on"] = Problem("error_paid_in_future")
         fields["reference"] = _text(form, "reference", MAX_REFERENCE, problems, one_line=True)
-        fields.update(_money(form, statement, invoices, locale, problems, at_most_owed=False))
+        fields.update(_amount(form, statement, invoices, locale, problems, at_most_owed=False))
     elif form.intent == "order_problem":
         fields["reason"] = form.values.get("reason")
         if fields["reason"] not in ORDER_REASONS:
@@ -110,7 +110,7 @@ def read_answer(
         fields["text"] = _text(form, "text", MAX_TEXT, problems)
     elif form.intent == "need_time":
         fields["promise_date"] = _promise_date(form, policy, today, problems)
-        fields.update(_money(form, statement, invoices, locale, problems, at_most_owed=True))
+        fields.update(_amount(form, statement, invoices, locale, problems, at_most_owed=True))
     if problems:
         raise FormRefused(problems)
     return Answer(
@@ -188,7 +188,7 @@ def clean_text(raw: str, one_line: bool = False) -> str:
     return "".join(kept).strip()
 
 
-def _money(
+def _amount(
     form: Posted,
     statement: Statement,
     invoices: Sequence[str],
