@@ -12,14 +12,7 @@ import typer
 
 from collectflow.flows.cli import cases, delivery, report, run, segments, serve
 
-COMMAND_MODULES = (
-    run,
-    cases,
-    delivery,
-    report,
-    segments,
-    serve,
-)  # in the order `--help` lists them
+COMMAND_MODULES = (run, cases, delivery, report, segments, serve)  # in the order --help lists
 
 app = typer.Typer(
     name="collectflow",
