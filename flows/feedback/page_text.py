@@ -122,11 +122,11 @@ EN: dict[str, str] = {
     "bad_link_title": "This link is not valid",
     "bad_link": "Please open the page with the link in the email you received, exactly as it is.",
     "expired_title": "This link has expired",
-    "expired": "For your security, the link in our email worked until {date}. The link in"
-    " our most recent email is still valid; or write to {name} at {company}: {email}.",
-    "expired_no_email": "For your security, the link in our email worked until {date}. The"
-    " link in our most recent email is still valid; or reply to our email and {name} at"
-    " {company} will help you.",
+    "expired": "For your security, the link in our email worked until {date}. Use the link in"
+    " a more recent email from us, or write to {name} at {company}: {email}.",
+    "expired_no_email": "For your security, the link in our email worked until {date}. Use the"
+    " link in a more recent email from us, or reply to our email and {name} at {company} will"
+    " help you.",
     "forbidden_title": "This form could not be accepted",
     "forbidden": "Please open the page again with the link in your email, and send your"
     " answer from there.",
@@ -243,10 +243,10 @@ FR: dict[str, str] = {
     "bad_link": "Ouvrez la page avec le lien de l'e-mail que vous avez reçu, tel quel.",
     "expired_title": "Ce lien a expiré",
     "expired": "Pour votre sécurité, le lien de notre e-mail était valable jusqu'au {date}."
-    " Le lien de notre e-mail le plus récent reste valable, ou écrivez à {name}, {company}"
+    " Utilisez le lien d'un e-mail plus récent de notre part, ou écrivez à {name}, {company}"
     f"{NBSP}: {{email}}",
     "expired_no_email": "Pour votre sécurité, le lien de notre e-mail était valable jusqu'au"
-    " {date}. Le lien de notre e-mail le plus récent reste valable, ou répondez à notre"
+    " {date}. Utilisez le lien d'un e-mail plus récent de notre part, ou répondez à notre"
     " e-mail et {name}, {company}, vous aidera.",
     "forbidden_title": "Ce formulaire n'a pas pu être accepté",
     "forbidden": "Ouvrez de nouveau la page avec le lien de votre e-mail et envoyez votre"
@@ -364,11 +364,11 @@ DE: dict[str, str] = {
     "bad_link": "Bitte öffnen Sie die Seite über den Link in der E-Mail, die Sie erhalten"
     " haben, und zwar unverändert.",
     "expired_title": "Dieser Link ist abgelaufen",
-    "expired": "Zu Ihrer Sicherheit galt der Link in unserer E-Mail bis zum {date}. Der Link"
-    " in unserer neuesten E-Mail ist weiterhin gültig; oder schreiben Sie an {name},"
-    " {company}: {email}",
+    "expired": "Zu Ihrer Sicherheit galt der Link in unserer E-Mail bis zum {date}. Verwenden"
+    " Sie den Link aus einer neueren E-Mail von uns, oder schreiben Sie an {name}, {company}:"
+    " {email}",
     "expired_no_email": "Zu Ihrer Sicherheit galt der Link in unserer E-Mail bis zum {date}."
-    " Der Link in unserer neuesten E-Mail ist weiterhin gültig; oder antworten Sie auf unsere"
+    " Verwenden Sie den Link aus einer neueren E-Mail von uns, oder antworten Sie auf unsere"
     " E-Mail, und {name}, {company}, hilft Ihnen weiter.",
     "forbidden_title": "Dieses Formular konnte nicht angenommen werden",
     "forbidden": "Bitte öffnen Sie die Seite erneut über den Link in Ihrer E-Mail und senden"
