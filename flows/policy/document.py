@@ -23,6 +23,7 @@ from collectflow.flows.policy.contact import Contact
 from collectflow.flows.policy.diagnosis import Diagnosis, Outage
 from collectflow.flows.policy.feedback import Feedback
 from collectflow.flows.policy.measurement import Measurement
+from collectflow.flows.policy.replies import Replies
 from collectflow.flows.policy.types import Days, OffsetDays, PositiveDays
 
 FEATURES: dict[str, str] = {
@@ -241,6 +242,7 @@ class Policy(_Strict):
     contact: Contact = Contact()
     measurement: Measurement = Measurement()
     feedback: Feedback = Feedback()
+    replies: Replies = Replies()
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
