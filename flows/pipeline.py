@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from collectflow.flows.cases import HandoffReport, deliver_handoffs, review_pauses
 from collectflow.flows.config import Settings
+from collectflow.flows.feedback.claims import review_claims
 from collectflow.flows.mail import sender_domain
 from collectflow.flows.measure import assign_stage_experiments
 from collectflow.flows.policy import Policy, load_policy
@@ -227,9 +228,10 @@ def alert_step(ctx: RunContext, as_of: date) -> int:
 
 
 def pauses_step(ctx: RunContext, as_of: date) -> dict[str, int]:
-    """Promises kept or broken, pauses that ended: cases resume or wait before plan."""
+    """Promises kept or broken, pauses that ended, payments the customer reported found or not:
+    cases resume or wait before plan."""
     with ctx.connection() as conn:
-        return review_pauses(conn, ctx.policy, as_of)
+        return {**review_pauses(conn, ctx.policy, as_of), **review_claims(conn, as_of)}
 
 
 def plan_step(ctx: RunContext, as_of: date) -> PlanReport:

@@ -498,6 +498,45 @@ class BusinessDay(SQLModel, table=True):
     ordinal: int
 
 
+class CustomerAnswer(SQLModel, table=True):
+    """A customer's answer to a message (the customer page, a one-click opt-out, a reply read
+    back), recorded once: `key` fingerprints who answered what about which invoices, so the
+    same answer posted twice is one row and one effect (flows/feedback/answers.py)."""
+
+    __tablename__ = "customer_answers"
+    __table_args__ = (Index("ix_customer_answers_message", "message_id", "answered_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=64, description="sha256 of the answer's content")
+    customer_id: str = Field(max_length=64, index=True)
+    case_id: int | None = Field(default=None, foreign_key="cases.id")
+    message_id: int | None = Field(default=None, foreign_key="messages.id")
+    intent: str = Field(max_length=32)
+    source: str = Field(max_length=16, description="page|one_click|reply|operator")
+    detail: str | None = Field(default=None, sa_type=Text, description="JSON: invoices, fields")
+    answered_at: datetime = Field(sa_column=instant_column(nullable=False))
+    answered_on: date
+
+
+class ClaimedPayment(SQLModel, table=True):
+    """An invoice the customer says is paid: no reminder asks for it until `hold_until` while
+    the payment is awaited; none arriving, the case joins the queue (`claimed_paid_not_found`)."""
+
+    __tablename__ = "claimed_payments"
+    __table_args__ = (Index("ix_claimed_payments_open", "status", "invoice_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    answer_id: int = Field(foreign_key="customer_answers.id")
+    case_id: int | None = Field(default=None, foreign_key="cases.id")
+    invoice_id: str = Field(foreign_key="invoices.invoice_id", max_length=64)
+    claimed_on: date
+    hold_until: date = Field(description="the last day reminders wait for the payment")
+    owed_when_claimed: Decimal = Field(sa_column=money_column())
+    reference: str | None = Field(default=None, max_length=100, description="the customer's")
+    status: str = Field(default="open", max_length=16, description="open|found|not_found")
+    decided_on: date | None = None
+
+
 class InboundMail(SQLModel, table=True):
     """A mail read from the inbox, filed once: a bounce, an auto-reply or a customer's reply,
     what it was matched to, what it says and what became of it (flows/feedback/).

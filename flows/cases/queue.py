@@ -32,6 +32,7 @@ REASONS = frozenset(
         "refund_due",
         "write_off",
         "delivery_in_doubt",
+        "claimed_paid_not_found",  # the customer said paid; nothing arrived (feedback/claims.py)
     }
 )
 

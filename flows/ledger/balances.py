@@ -4,7 +4,8 @@ Owed = amount - succeeded payments + refunds, counting only payments attempted b
 An invoice marked `paid` or `void` owes nothing; one marked `open` whose payments cover it is
 paid. Only invoices that still owe something land in `invoice_balances`, which every later
 step of the run joins on; an invoice disputed (in the ledger, or by an operator's open dispute)
-is there but not `remindable`: no reminder asks for it.
+is there but not `remindable`: no reminder asks for it; so is one the customer says is paid,
+while its payment is awaited (`held_by_claim`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import ColumnElement, FromClause, Subquery
 
-from collectflow.models import Dispute, Invoice, InvoiceBalance, Money, Payment
+from collectflow.models import ClaimedPayment, Dispute, Invoice, InvoiceBalance, Money, Payment
 
+CLAIMS = ClaimedPayment.__table__
 DISPUTES = Dispute.__table__
 INVOICES = Invoice.__table__
 PAYMENTS = Payment.__table__
@@ -109,6 +111,7 @@ def refresh_balances(conn: Connection, as_of: date) -> int:
     conn.execute(delete(BALANCES))
     positions = invoice_positions(as_of)
     under_dispute = select(DISPUTES.c.invoice_id).where(DISPUTES.c.resolved_on.is_(None))
+    awaited = held_by_claim(as_of)
     owing = select(
         positions.c.invoice_id,
         positions.c.customer_id,
@@ -116,7 +119,11 @@ def refresh_balances(conn: Connection, as_of: date) -> int:
         positions.c.due_on,
         positions.c.currency,
         positions.c.owed,
-        and_(positions.c.status != "disputed", positions.c.invoice_id.not_in(under_dispute)),
+        and_(
+            positions.c.status != "disputed",
+            positions.c.invoice_id.not_in(under_dispute),
+            positions.c.invoice_id.not_in(awaited),
+        ),
     ).where(and_(positions.c.owed > ZERO, positions.c.status.in_(("open", "disputed"))))
     result = conn.execute(
         insert(BALANCES).from_select(
@@ -126,6 +133,14 @@ def refresh_balances(conn: Connection, as_of: date) -> int:
     )
     refresh_statistics(conn, BALANCES.name)
     return result.rowcount
+
+
+def held_by_claim(as_of: date) -> Any:
+    """Invoices the customer says are paid, whose payment is awaited on `as_of`: not remindable
+    until their hold ends (flows/feedback/claims.py decides the claims)."""
+    return select(CLAIMS.c.invoice_id).where(
+        CLAIMS.c.status == "open", CLAIMS.c.hold_until >= as_of
+    )
 
 
 def refresh_statistics(conn: Connection, table: str) -> None:

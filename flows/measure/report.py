@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from collectflow.flows.measure.experiments import Comparison, experiment_results
+from collectflow.flows.measure.feedback import FeedbackFigures, feedback_figures
 from collectflow.flows.measure.metrics import Figures, breakdown, recovery_curves
 from collectflow.flows.measure.portfolio import Portfolio, portfolio
 from collectflow.flows.policy.document import Policy
@@ -38,6 +39,7 @@ class Report:
     recovery_curves: dict[str, list[float]]
     experiments: list[Comparison]
     portfolio: list[Portfolio]
+    feedback: FeedbackFigures
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class Report:
             "recovery_curves": self.recovery_curves,
             "experiments": [comparison.to_dict() for comparison in self.experiments],
             "portfolio": [figures.to_dict() for figures in self.portfolio],
+            "feedback": self.feedback.to_dict(),
         }
 
 
@@ -85,6 +88,7 @@ def effectiveness_report(
             conn, as_of, cure_days, policy.measurement.min_sample, since, until
         ),
         portfolio=portfolio(conn, since or end - timedelta(days=PORTFOLIO_DAYS - 1), end),
+        feedback=feedback_figures(conn, as_of, since, until),
     )
 
 
@@ -118,4 +122,8 @@ def report_markdown(report: Report) -> str:
             for p in report.portfolio
         ]
         lines.append(f"\nCEI variant: {report.portfolio[0].cei_variant}.")
+    said = report.feedback
+    if said.answers:
+        counts = ", ".join(f"{intent} {n}" for intent, n in said.responses.items())
+        lines += ["", "## What customers say", f"{said.answers} answer(s): {counts}."]
     return "\n".join(lines)

@@ -3,7 +3,7 @@ index on the outbox's Message-IDs, which inbound mail is matched by (In-Reply-To
 the returned headers of a bounce).
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 Create Date: 2026-12-05
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from collectflow.models import instant
 
 revision: str = "0008"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
