@@ -5,9 +5,9 @@ Month names come from Babel (wide and abbreviated, in each language of the rule 
 language added to the rules brings its months along. The text searched is the reply folded
 as the rules see it (lower case, no accents: `policy.replies.folded`). Numeric dates are read
 day first (15/12/2026, 15.12.2026), as English outside the US, French and German write them,
-unless the second number cannot be a month (12/15/2026 is read as 15 December). A date without a year is the one of that day and month
-nearest to today: "3 December" written on 5 December is two days ago, "2 January" the
-coming one.
+unless the second number cannot be a month (12/15/2026 is read as 15 December). A date
+without a year is the one of that day and month nearest to today: "3 December" written on
+5 December is two days ago, "2 January" the coming one.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ ATTRIBUTION = re.compile(
     re.IGNORECASE,
 )
 SEPARATOR = re.compile(
-    r"^\s*[-_=]{2,}\s*(?:original message|forwarded message|message d'origine|message transf[ée]r[ée]"
-    r"|urspr[üu]ngliche nachricht|weitergeleitete nachricht)\s*[-_=]{2,}\s*$"
+    r"^\s*[-_=]{2,}\s*(?:original message|forwarded message|message d'origine"
+    r"|message transf[ée]r[ée]|urspr[üu]ngliche nachricht|weitergeleitete nachricht)"
+    r"\s*[-_=]{2,}\s*$"
     r"|^\s*_{8,}\s*$",
     re.IGNORECASE,
 )

@@ -49,7 +49,7 @@ def triage(source: str, raw: bytes, automatic: AutoReplies) -> Sorted:
     """Read one mail's bytes (`source` says where it was read); never raises."""
     try:
         return _triage(source, raw, automatic)
-    except Exception as exc:  # noqa: BLE001 - any failure on hostile input files it unreadable
+    except Exception as exc:  # any failure on hostile input files it unreadable
         log.warning("inbound mail %s unreadable: %s: %s", source, type(exc).__name__, exc)
         why = f"{type(exc).__name__}: {exc}"[:500]
         return Sorted(source, hashed_key(raw), UNREADABLE, why=why)

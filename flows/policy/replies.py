@@ -67,7 +67,9 @@ class ReplyRule(_Strict):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"patterns.{index}: {pattern!r} is not a regular expression: {exc}")
+                raise ValueError(
+                    f"patterns.{index}: {pattern!r} is not a regular expression: {exc}"
+                ) from None
         return patterns
 
     @model_validator(mode="after")
@@ -97,7 +99,8 @@ DEFAULT_RULES: dict[str, tuple[ReplyRule, ...]] = {
     "en": (
         _rule("already_paid", 0.9, ("already paid", "already settled", "payment has been made",
               "payment was made", "paid in full", "already transferred"),
-              (r"\b(i|we)('ve| have)? (already |just )?(paid|settled|transferred|sent the payment)\b",)),
+              (r"\b(i|we)('ve| have)? (already |just )?"
+               r"(paid|settled|transferred|sent the payment)\b",)),
         _rule("payment_failed", 0.85, ("payment failed", "payment did not go through",
               "payment didn't go through", "card was declined", "card declined",
               "payment was declined", "payment was rejected", "payment link does not work",
@@ -128,7 +131,8 @@ DEFAULT_RULES: dict[str, tuple[ReplyRule, ...]] = {
         _rule("already_paid", 0.9, ("déjà payé", "déjà réglé", "déjà viré",
               "paiement a été effectué", "virement a été effectué", "règlement a été effectué",
               "virement effectué"),
-              (r"\b(j'ai|nous avons) (déjà |bien )?(payé|réglé|viré|effectué le (virement|paiement))\b",)),
+              (r"\b(j'ai|nous avons) (déjà |bien )?"
+               r"(payé|réglé|viré|effectué le (virement|paiement))\b",)),
         _rule("payment_failed", 0.85, ("paiement a échoué", "paiement échoué", "paiement refusé",
               "carte refusée", "carte a été refusée", "impossible de payer",
               "n'arrive pas à payer", "le lien ne fonctionne pas",
@@ -146,7 +150,8 @@ DEFAULT_RULES: dict[str, tuple[ReplyRule, ...]] = {
         _rule("order_problem", 0.6, ("litige", "remboursement", "réclamation", "conteste")),
         _rule("need_time", 0.85, ("plus de temps", "un délai", "délai supplémentaire",
               "la semaine prochaine", "fin du mois"),
-              (r"\b(je|nous) (paierai|paierons|réglerai|réglerons|vais payer|allons payer|vais régler|pourrai payer)\b",)),
+              (r"\b(je|nous) (paierai|paierons|réglerai|réglerons|vais payer|allons payer"
+               r"|vais régler|pourrai payer)\b",)),
         _rule("need_time", 0.6, ("échéancier", "en plusieurs fois", "paiement échelonné")),
         _rule("unsubscribe", 0.9, ("désabonner", "désinscrire", "ne plus recevoir",
               "ne me contactez plus", "arrêtez de m'envoyer", "arrêtez de m'écrire",
@@ -156,7 +161,8 @@ DEFAULT_RULES: dict[str, tuple[ReplyRule, ...]] = {
         _rule("already_paid", 0.9, ("bereits bezahlt", "schon bezahlt", "bereits überwiesen",
               "schon überwiesen", "bereits beglichen", "Zahlung ist erfolgt",
               "Zahlung wurde geleistet", "Betrag wurde überwiesen"),
-              (r"\b(ich|wir) (habe|haben) (den betrag |die rechnung )?(bereits |schon )?(bezahlt|überwiesen|beglichen)\b",)),
+              (r"\b(ich|wir) (habe|haben) (den betrag |die rechnung )?(bereits |schon )?"
+               r"(bezahlt|überwiesen|beglichen)\b",)),
         _rule("payment_failed", 0.85, ("Zahlung fehlgeschlagen", "Zahlung ist fehlgeschlagen",
               "Karte abgelehnt", "Karte wurde abgelehnt", "Zahlung wurde abgelehnt",
               "kann nicht bezahlen", "konnte nicht bezahlen", "Link funktioniert nicht",
@@ -175,7 +181,8 @@ DEFAULT_RULES: dict[str, tuple[ReplyRule, ...]] = {
               "Beanstandung")),
         _rule("need_time", 0.85, ("mehr Zeit", "Zahlungsaufschub", "Aufschub", "Zahlungsziel",
               "nächste Woche", "Ende des Monats", "Monatsende"),
-              (r"\b(ich|wir) (werde|werden) (?!.{0,40}\b(nicht|kein)).{0,40}\b(zahlen|bezahlen|überweisen|begleichen)\b",
+              (r"\b(ich|wir) (werde|werden) (?!.{0,40}\b(nicht|kein)).{0,40}"
+               r"\b(zahlen|bezahlen|überweisen|begleichen)\b",
                r"\b(ich|wir) (zahle|zahlen|überweise|überweisen) (bis|am)\b")),
         _rule("need_time", 0.6, ("Ratenzahlung", "in Raten", "Teilzahlung")),
         _rule("unsubscribe", 0.9, ("abmelden", "abbestellen", "austragen", "keine E-Mails mehr",

@@ -54,9 +54,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("mail_key"),
         if_not_exists=True,  # `init_db` creates the tables a pre-migration database lacks
     )
-    op.create_index(
-        "ix_inbound_mail_status", "inbound_mail", ["status", "id"], if_not_exists=True
-    )
+    op.create_index("ix_inbound_mail_status", "inbound_mail", ["status", "id"], if_not_exists=True)
     op.create_index(
         "ix_messages_message_id_header", "messages", ["message_id_header"], if_not_exists=True
     )
