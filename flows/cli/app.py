@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import typer
 
-from collectflow.flows.cli import cases, delivery, report, run, segments
+from collectflow.flows.cli import cases, delivery, inbox, report, run, segments
 
-COMMAND_MODULES = (run, cases, delivery, report, segments)  # in the order `--help` lists them
+# in the order `--help` lists them
+COMMAND_MODULES = (run, cases, delivery, inbox, report, segments)
 
 app = typer.Typer(
     name="collectflow",

@@ -28,7 +28,8 @@ from collectflow.flows.feedback.mailboxes import Reader
 from collectflow.flows.feedback.maildir_inbox import MaildirInbox
 from collectflow.flows.feedback.replies import APPLIED, QUEUED, RECORDED, apply_pending
 from collectflow.flows.feedback.triage import KINDS, triage
-from collectflow.flows.policy.document import Policy
+from collectflow.flows.policy.document import Policy, load_policy
+from collectflow.models import init_db, make_engine
 
 BATCH = 500
 
@@ -99,3 +100,15 @@ def read_inbox(
                 report.filed.add(filed)
     report.replies = apply_pending(engine, policy, today)
     return report
+
+
+def read_configured(settings: Settings, today: date, maildir: Path | None = None) -> InboxReport:
+    """Read the inboxes the settings name (or `maildir`) into the configured database."""
+    readers = readers_for(settings, maildir)
+    policy = load_policy(settings.policy)
+    engine = make_engine(settings.database_url)
+    try:
+        init_db(engine)
+        return read_inbox(engine, policy, readers, today)
+    finally:
+        engine.dispose()
