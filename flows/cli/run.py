@@ -102,9 +102,11 @@ def demo(
     imports nothing new and sends nothing new.
     """
     from collectflow.flows.daily import collections_range
+    from collectflow.flows.feedback.demo import simulate_answers
     from collectflow.flows.ledger.csv_import import import_ledger
     from collectflow.flows.ledger.demo import write_demo_ledger
     from collectflow.flows.pipeline import business_today
+    from collectflow.flows.policy.document import load_policy
 
     settings = get_settings()
     today = business_today(settings)
@@ -113,10 +115,21 @@ def demo(
         imported = import_ledger(engine_for(settings), Path(folder), settings)
     err.print(f"demo ledger imported into {safe_url(settings.database_url)}: {imported.files}")
     summaries = collections_range(today - timedelta(days=days), today)
+    answers = simulate_answers(engine_for(settings), load_policy(settings.policy), today)
     if as_json:
-        emit_json({"imported": imported.files, "days": summaries, "totals": totals(summaries)})
+        emit_json(
+            {
+                "imported": imported.files,
+                "days": summaries,
+                "totals": totals(summaries),
+                "answers": answers,
+            }
+        )
         return
     print_totals(summaries, settings)
+    if answers:
+        said = ", ".join(f"{count} {intent}" for intent, count in sorted(answers.items()))
+        out.print(f"Simulated customer answers on the answer page: {said}")
 
 
 def totals(days: list[dict[str, Any]]) -> dict[str, Any]:
