@@ -149,7 +149,7 @@ def _look_up(conn: Connection, mails: Sequence[Sorted]) -> _Known:
         query = select(CASES.c.customer_id, CASES.c.id).where(
             CASES.c.customer_id.in_(sorted(customers)), CASES.c.closed_on.is_(None)
         )
-        open_cases = dict(conn.execute(query).tuples().all())
+        open_cases = dict(conn.execute(query).all())
     return _Known(messages, customers, dict(by_address), open_cases)
 
 
@@ -327,7 +327,7 @@ def _insert(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
         .on_conflict_do_nothing(index_elements=["mail_key"])
         .returning(INBOUND.c.mail_key, INBOUND.c.id)
     )
-    return dict(conn.execute(statement).tuples().all())
+    return dict(conn.execute(statement).all())
 
 
 def _bounce(conn: Connection, rows: list[dict[str, Any]], today: date, now: datetime) -> None:

@@ -74,8 +74,12 @@ def header_text(message: Message, name: str) -> str:
         text = str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError, TypeError, AssertionError):
         text = str(value)
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    return " ".join(text.split())
+    return " ".join(storable(text).split())
+
+
+def storable(text: str) -> str:
+    """Text any database column takes: no NUL (PostgreSQL refuses it), no lone surrogate."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def sender_of(message: Message) -> str | None:
@@ -144,9 +148,9 @@ def _decoded(part: Message) -> str:
         return ""
     charset = part.get_content_charset() or "utf-8"
     try:
-        return payload.decode(charset, "replace")
+        return storable(payload.decode(charset, "replace"))
     except LookupError:  # a charset Python does not know
-        return payload.decode("utf-8", "replace")
+        return storable(payload.decode("utf-8", "replace"))
 
 
 def html_text(html: str) -> str:

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from collectflow.flows.feedback.autoreplies import AutoReplies
 from collectflow.flows.feedback.bounces import Bounce, bounce_of
-from collectflow.flows.feedback.inbound import body_text, hashed_key, parse
+from collectflow.flows.feedback.inbound import body_text, hashed_key, parse, storable
 from collectflow.flows.feedback.quoting import first_lines, own_words
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def triage(source: str, raw: bytes, automatic: AutoReplies) -> Sorted:
         return _triage(source, raw, automatic)
     except Exception as exc:  # any failure on hostile input files it unreadable
         log.warning("inbound mail %s unreadable: %s: %s", source, type(exc).__name__, exc)
-        why = f"{type(exc).__name__}: {exc}"[:500]
+        why = storable(f"{type(exc).__name__}: {exc}")[:500]
         return Sorted(source, hashed_key(raw), UNREADABLE, why=why)
 
 
