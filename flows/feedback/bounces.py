@@ -10,6 +10,14 @@ not give, read here with the stdlib's email package:
   flufl.bounce's own permanent/temporary split (a delayed-mail warning is temporary);
 - which message bounced: the Message-ID of the returned mail, from the message/rfc822 or
   text/rfc822-headers part, or from a "Message-ID:" line of a copy quoted in the text.
+
+flufl.bounce runs its detectors one after the other until one finds something, some of them
+over every line of the body: for a person's reply, all of them, which makes it the costliest
+part of reading a mail. So it is asked only about a mail that shows a sign of being a report
+on delivery: a multipart/report, an `X-Failed-Recipients` header, an empty `Return-Path`
+(RFC 5321 4.5.5: reports go out with the null sender), a sender such as MAILER-DAEMON or
+postmaster, or a subject that speaks of delivery failing, in English, French or German.
+Every layout of tests/data/inbound/ shows several.
 """
 
 from __future__ import annotations
@@ -55,8 +63,37 @@ class Bounce:
         return any(failure.permanent for failure in self.failures)
 
 
+REPORT_SENDERS = re.compile(
+    r"^(?:mailer-daemon|mailer_daemon|mailerdaemon|mail-daemon|postmaster|mdaemon|bounces?"
+    r"|microsoftexchange[0-9a-f]*)@",
+    re.I,
+)
+REPORT_SUBJECTS = re.compile(
+    r"undeliver|delivery (?:status|failure|has failed|notification|incomplete)|failure notice"
+    r"|returned mail|returned to sender|mail delivery failed|could not be delivered"
+    r"|non remis|non distribu|[ée]chec de (?:la )?(?:remise|distribution)|unzustellbar"
+    r"|nicht zustellbar|zustellung fehlgeschlagen|r[üu]ckmeldung zur zustellung",
+    re.I,
+)
+
+
+def may_be_bounce(message: Message) -> bool:
+    """Whether the mail shows a sign of a delivery report (see the module docstring)."""
+    if message.get_content_type() == "multipart/report" or "X-Failed-Recipients" in message:
+        return True
+    if "Return-Path" in message and header_text(message, "Return-Path") == "<>":
+        return True
+    sender = header_text(message, "From")
+    addresses = re.findall(r"[^\s<>\"]+@[^\s<>\"]+", sender)
+    if any(REPORT_SENDERS.match(address) for address in addresses):
+        return True
+    return bool(REPORT_SUBJECTS.search(header_text(message, "Subject")))
+
+
 def bounce_of(message: Message) -> Bounce | None:
     """The bounce `message` is, or None when it reports no failed delivery."""
+    if not may_be_bounce(message):
+        return None
     temporary, permanent = _detected(message)
     reported = delivery_statuses(message)
     addresses = {*temporary, *permanent, *reported}

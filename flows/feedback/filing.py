@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, literal, or_, select
+from sqlalchemy import Connection, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from collectflow.flows.cases.events import record_events
@@ -47,7 +47,7 @@ from collectflow.flows.feedback.triage import AUTO_REPLY, BOUNCE, REPLY, Sorted
 from collectflow.flows.mail.contact import BOUNCED, INTERNAL, block
 from collectflow.flows.mail.outbox import BOUNCED as MESSAGE_BOUNCED
 from collectflow.flows.mail.outbox import SENT, move
-from collectflow.models import Case, Customer, InboundMail, Message
+from collectflow.models import Case, Customer, InboundMail, Message, json_object
 
 INBOUND = InboundMail.__table__
 MESSAGES = Message.__table__
@@ -316,50 +316,53 @@ def _bounce_row(row: dict[str, Any], mail: Sorted, known: _Known) -> dict[str, A
 
 
 def _insert(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Insert the rows not filed before; returns mail key -> id of those inserted."""
+    """Insert the rows not filed before; returns mail key -> id of those inserted.
+
+    One statement run with the list of rows (SQLAlchemy batches it as multi-row INSERTs with
+    RETURNING): compiled once, where a VALUES clause built per batch is compiled every time."""
     if not rows:
         return {}
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    values = [{name: row[name] for name in COLUMNS} for row in rows]
     statement = (
         dialect.insert(INBOUND)
-        .values(values)
         .on_conflict_do_nothing(index_elements=["mail_key"])
         .returning(INBOUND.c.mail_key, INBOUND.c.id)
     )
-    return dict(conn.execute(statement).all())
+    values = [{name: row[name] for name in COLUMNS} for row in rows]
+    return dict(conn.execute(statement, values).all())
 
 
 def _bounce(conn: Connection, rows: list[dict[str, Any]], today: date, now: datetime) -> None:
-    """Permanent bounces: block each address, mark the message bounced, queue the cases of
-    the customers whose address it is as `no_valid_address`."""
+    """Permanent bounces, set-based: block the addresses, mark the messages bounced, log the
+    bounce on the cases, queue the cases of the customers whose address it is as
+    `no_valid_address` (an item done before comes back)."""
     if not rows:
         return
-    addresses = set()
-    for row in rows:
-        detail = json.loads(row["detail"])
-        address = detail["address"]
-        addresses.add(address)
-        why = f"bounced ({row['bounce']}), read from the inbox: {row['mail_key']}"[:500]
-        block(conn, "address", [address], BOUNCED, why, now)
-        if row["message_id"] is not None:
-            move(conn, MESSAGES.c.id == row["message_id"], SENT, MESSAGE_BOUNCED, why, now, "inbox")
-        if row["case_id"] is not None:
-            record_events(
-                conn, select(literal(row["case_id"])), "mail_bounced", today,
-                {"address": address, "bounce": row["bounce"], "inbound": row["id"]},
-            )  # fmt: skip
+    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:  # one block and one move per kind of bounce ("hard 5.1.1", ...)
+        by_kind[row["bounce"]].append(row)
+    for label, group in by_kind.items():
+        why = f"bounced ({label}), read from the inbox"
+        addresses = [json.loads(row["detail"])["address"] for row in group]
+        block(conn, "address", addresses, BOUNCED, why, now)
+        ids = [row["message_id"] for row in group if row["message_id"] is not None]
+        if ids:
+            move(conn, MESSAGES.c.id.in_(ids), SENT, MESSAGE_BOUNCED, why, now, "inbox")
+    filed = INBOUND.c.id.in_([row["id"] for row in rows])
+    detail = json_object("bounce", INBOUND.c.bounce, "inbound", INBOUND.c.id)
+    logged = select(INBOUND.c.case_id, detail).where(filed, INBOUND.c.case_id.is_not(None))
+    record_events(conn, logged, "mail_bounced", today)
+    blocked = {json.loads(row["detail"])["address"] for row in rows}
     undeliverable = (
         select(CASES.c.id, CASES.c.customer_id)
         .join(CUSTOMERS, CUSTOMERS.c.customer_id == CASES.c.customer_id)
-        .where(CASES.c.closed_on.is_(None), func.lower(CUSTOMERS.c.email).in_(sorted(addresses)))
+        .where(CASES.c.closed_on.is_(None), func.lower(CUSTOMERS.c.email).in_(sorted(blocked)))
     )
     queue_cases(conn, undeliverable, NO_VALID_ADDRESS, today)
-    reopen = select(undeliverable.subquery().c.id)
     conn.execute(
         QUEUE.update()
         .where(
-            QUEUE.c.case_id.in_(reopen),
+            QUEUE.c.case_id.in_(select(undeliverable.subquery().c.id)),
             QUEUE.c.reason == NO_VALID_ADDRESS,
             QUEUE.c.resolved_on.is_not(None),
         )

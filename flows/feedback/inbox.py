@@ -9,6 +9,7 @@ crashed run left pending.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -42,6 +43,7 @@ class InboxReport:
     read: int = 0
     filed: Filed = field(default_factory=Filed)
     replies: Counter[str] = field(default_factory=Counter)  # apply_pending's outcomes
+    seconds: dict[str, float] = field(default_factory=dict)  # filing (read, file, move), applying
 
     def to_dict(self) -> dict[str, Any]:
         statuses = self.filed.statuses
@@ -56,6 +58,7 @@ class InboxReport:
             "queued": statuses[QUEUED] + self.replies[QUEUED],
             "recorded": statuses[RECORDED] + self.replies[RECORDED],
             "unmatched": statuses[UNMATCHED],
+            "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
         }
 
 
@@ -87,6 +90,7 @@ def read_inbox(
 ) -> InboxReport:
     """File every unread mail of `readers`, then apply the replies left pending."""
     report = InboxReport()
+    started = time.perf_counter()
     automatic, classifier = AutoReplies(policy.replies), Classifier(policy.replies)
     for reader in readers:
         report.sources.append(reader.name)
@@ -98,7 +102,10 @@ def read_inbox(
                 reader.done(fetched)
                 report.read += len(fetched)
                 report.filed.add(filed)
+    report.seconds["filing"] = time.perf_counter() - started
+    started = time.perf_counter()
     report.replies = apply_pending(engine, policy, today)
+    report.seconds["applying"] = time.perf_counter() - started
     return report
 
 

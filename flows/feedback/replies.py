@@ -2,10 +2,10 @@
 put before an operator (`reply_needs_reading`), who confirms each in one action.
 
 Filing leaves a reply the rules read with confidence `pending`; `apply_pending` then applies
-each with `apply_answer` (source `reply`), exactly as the page would. A reply the answers
-refuse (a promise date too far, a message not the sender's...) goes to the operator queue
-with the refusal as its reason, except "already paid" about invoices no longer owed: the
-money came, nothing is left to do, it is only recorded.
+each with `apply_answer` (source `reply`), exactly as the page would, each in a savepoint.
+A reply the answers refuse (a promise date too far, a message not the sender's...) goes to
+the operator queue with the refusal as its reason, except "already paid" about invoices no
+longer owed: the money came, nothing is left to do, it is only recorded.
 
 The queue keeps one item per case and reason, so a case's item shows its latest reply
 waiting (`detail`: who wrote, the suggested intent, the first lines); replies of a customer
@@ -38,6 +38,7 @@ from collectflow.flows.feedback.answers import (
     AnswerRefused,
     apply_answer,
 )
+from collectflow.flows.mail.outbox import take_write_lock
 from collectflow.flows.policy.document import Policy
 from collectflow.models import InboundMail
 
@@ -72,34 +73,23 @@ def answer_of(
     )
 
 
-class _Refused(Exception):
-    def __init__(self, position: int, row: RowMapping, refusal: AnswerRefused) -> None:
-        self.position, self.row, self.refusal = position, row, refusal
-
-
 def apply_pending(engine: Engine, policy: Policy, today: date) -> Counter[str]:
     """Apply the replies filed `pending`, a chunk per transaction; returns how many ended
     applied, queued (refused) or recorded.
 
-    A refusal rolls its chunk back (`apply_answer` may have written before refusing); the
-    replies before it are applied again as a chunk of their own, the refused one is queued.
+    Each answer is applied inside a savepoint: `apply_answer` may have written before it
+    refuses, and only that answer is rolled back (on SQLite the transaction is begun
+    explicitly first, so the driver's own transaction handling leaves savepoints alone).
     """
     counts: Counter[str] = Counter()
-    limit = CHUNK
     while True:
-        try:
-            with engine.begin() as conn:
-                rows = _pending(conn, limit)
-                for position, row in enumerate(rows):
-                    _apply_one(conn, policy, row, position, today)
-            counts[APPLIED] += len(rows)
-            if len(rows) < limit:
-                return counts
-            limit = CHUNK
-        except _Refused as refused:
-            with engine.begin() as conn:
-                counts[_settle_refused(conn, refused.row, refused.refusal, today)] += 1
-            limit = refused.position or CHUNK
+        with engine.begin() as conn:
+            take_write_lock(conn)
+            rows = _pending(conn, CHUNK)
+            for row in rows:
+                counts[_apply_one(conn, policy, row, today)] += 1
+        if len(rows) < CHUNK:
+            return counts
 
 
 def _pending(conn: Connection, limit: int) -> Sequence[RowMapping]:
@@ -109,20 +99,20 @@ def _pending(conn: Connection, limit: int) -> Sequence[RowMapping]:
     return conn.execute(query).mappings().all()
 
 
-def _apply_one(
-    conn: Connection, policy: Policy, row: RowMapping, position: int, today: date
-) -> None:
+def _apply_one(conn: Connection, policy: Policy, row: RowMapping, today: date) -> str:
     answer = answer_of(row, row["intent"], row["said_on"], "customer", today)
     try:
-        result = apply_answer(conn, policy, answer, today)
+        with conn.begin_nested():
+            result = apply_answer(conn, policy, answer, today)
     except AnswerRefused as refusal:
-        raise _Refused(position, row, refusal) from refusal
+        return _settle_refused(conn, row, refusal, today)
     detail = json.loads(row["detail"] or "{}") | {"changes": result.changes}
     conn.execute(
         update(INBOUND)
         .where(INBOUND.c.id == row["id"])
         .values(status=APPLIED, case_id=result.case_id, detail=json.dumps(detail, default=str))
     )
+    return APPLIED
 
 
 def _settle_refused(conn: Connection, row: RowMapping, refusal: AnswerRefused, today: date) -> str:
