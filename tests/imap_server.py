@@ -123,7 +123,10 @@ class DovecotServer:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         subprocess.run([str(DOVECOT), "-c", str(self._config), "stop"], check=False, timeout=30)
         deadline = time.monotonic() + 10
@@ -195,9 +198,7 @@ class DovecotServer:
         imap = self.client()
         try:
             _, listed = imap.list()
-            return sorted(
-                line.decode().rsplit(" ", 1)[-1].strip('"') for line in listed if line
-            )
+            return sorted(line.decode().rsplit(" ", 1)[-1].strip('"') for line in listed if line)
         finally:
             imap.logout()
 

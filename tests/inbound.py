@@ -22,17 +22,24 @@ MESSAGES = Message.__table__
 
 
 def reminded(
-    engine: Engine, settings: Settings, folder: Path, today: date, customers: dict[str, str]
+    engine: Engine,
+    settings: Settings,
+    folder: Path,
+    today: date,
+    customers: dict[str, str],
+    emails: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Customers (id -> locale) each owing 250.00 due five days ago, reminded today by the
-    daily run (a real rendered email each, in the outbox Maildir); returns customer id ->
-    their message (id, case_id, to_address, message_id_header)."""
+    """Customers (id -> locale; `emails` gives some an address of their own choosing) each
+    owing 250.00 due five days ago, reminded today by the daily run (a real rendered email
+    each, in the outbox Maildir); returns customer id -> their message (id, case_id,
+    to_address, message_id_header)."""
     from collectflow.flows.pipeline import open_run, run_day
 
     due = today - timedelta(days=5)
     ledger = Ledger()
     for customer_id, locale in customers.items():
-        ledger.customer(customer_id, locale=locale)
+        address = (emails or {}).get(customer_id, f"{customer_id.lower()}@example.com")
+        ledger.customer(customer_id, locale=locale, email=address)
         ledger.history(customer_id, due)
         ledger.invoice(f"INV-{customer_id}", customer_id, due, amount="250.00")
     ledger.load(engine, folder, settings)

@@ -329,3 +329,31 @@ def test_collectflow_inbox_prints_counts_per_kind_and_intent(
     assert document["applied"] == 1 and document["sources"] == [f"maildir:{path}"]
     plain = CliRunner().invoke(app, ["inbox", "--maildir", str(tmp_path / "nowhere")])
     assert plain.exit_code == 2 and "not a Maildir" in " ".join(plain.output.split())
+
+
+def test_a_sender_two_customers_share_waits_for_an_operator_who_may_just_mark_it_read(
+    engine: Engine, settings: Settings, tmp_path: Path, today: date
+) -> None:
+    from collectflow.flows.inbox import inbox as inbox_flow
+
+    shared = {"ANNA": "accounts@holding.example", "BERT": "accounts@holding.example"}
+    reminded(engine, settings, tmp_path / "ledger", today, {"ANNA": "en", "BERT": "en"}, shared)
+    path = inbox(tmp_path / "inbox", reply("accounts@holding.example", "We already paid."))
+
+    report = inbox_flow(maildir=str(path))  # the hourly deployment's flow, run for real
+
+    assert report["queued"] == 1 and report["applied"] == 0
+    [item] = queued(engine, "reply_needs_reading").values()
+    assert "shared by customers ANNA, BERT" in item["detail"]
+    by_hand = CliRunner().invoke(app, ["queue", "done", str(item["id"]), "--operator", "ana",
+                                       "--note", "read it"])  # fmt: skip
+    assert by_hand.exit_code == 2 and "confirm-reply" in by_hand.output
+
+    result = CliRunner().invoke(
+        app, ["confirm-reply", str(item["id"]), "--intent", "other", "--operator", "ana"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert count(engine, ANSWERS) == 0 and queued(engine, "reply_needs_reading") == {}
+    [row] = rows(engine)
+    assert (row["status"], row["intent"]) == ("read", "other")

@@ -1,5 +1,8 @@
-"""Dates written in a reply ("by 15 December", "le 15 décembre", "bis zum 15. Dezember",
-15/12/2026, 2026-12-15), so "I need more time" can carry the day the customer names.
+"""Dates written in a reply, as English, French and German write them, so "I need more
+time" can carry the day the customer names.
+
+Forms read: "by 15 December", "December 15th, 2026", "le 15 décembre", "bis zum 15.
+Dezember", 15/12/2026, 15.12.2026, "15.12.", 2026-12-15.
 
 Month names come from Babel (wide and abbreviated, in each language of the rule set), so a
 language added to the rules brings its months along. The text searched is the reply folded

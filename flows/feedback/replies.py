@@ -285,7 +285,7 @@ def _close_reading(
     conn.execute(
         update(INBOUND)
         .where(INBOUND.c.id == latest["id"])
-        .values(status=CONFIRMED, intent=intent, said_on=said_on)
+        .values(status=READ if intent == OTHER else CONFIRMED, intent=intent, said_on=said_on)
     )
     earlier = [row["id"] for row in waiting if row["id"] != latest["id"]]
     if earlier:
