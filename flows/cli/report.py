@@ -87,6 +87,8 @@ def print_report(result: Report) -> None:
         out.print(experiment_table(result, experiment))
     if result.portfolio:
         out.print(portfolio_table(result))
+    if result.payments_by_gateway:
+        out.print(gateway_table(result))
     if result.feedback.answers:
         out.print(feedback_table(result))
 
@@ -210,6 +212,19 @@ def portfolio_table(result: Report) -> Table:
             ),
             "-" if row.cei is None else f"{row.cei}%",
         )
+    return table
+
+
+def gateway_table(result: Report) -> Table:
+    """Payments credited to a message, by the gateway that took them (the fallback's effect)."""
+    table = report_table("Payments after a message, by gateway")
+    table.caption = "last touch; none: the payment names no gateway (e.g. a bank transfer)"
+    table.add_column("gateway", overflow="fold")
+    table.add_column("payments", justify="right")
+    table.add_column("messages", justify="right")
+    table.add_column("paid", justify="right", no_wrap=True)
+    for group in result.payments_by_gateway:
+        table.add_row(group.gateway, str(group.payments), str(group.messages), money(group.amounts))
     return table
 
 

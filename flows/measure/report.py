@@ -7,7 +7,7 @@ are in docs/metrics.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 
 from collectflow.flows.measure.experiments import Comparison, experiment_results
 from collectflow.flows.measure.feedback import FeedbackFigures, feedback_figures
+from collectflow.flows.measure.gateways import GatewayPayments, payments_by_gateway
 from collectflow.flows.measure.metrics import Figures, breakdown, recovery_curves
 from collectflow.flows.measure.portfolio import Portfolio, portfolio
 from collectflow.flows.policy.document import Policy
@@ -40,6 +41,7 @@ class Report:
     experiments: list[Comparison]
     portfolio: list[Portfolio]
     feedback: FeedbackFigures
+    payments_by_gateway: list[GatewayPayments] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class Report:
             "experiments": [comparison.to_dict() for comparison in self.experiments],
             "portfolio": [figures.to_dict() for figures in self.portfolio],
             "feedback": self.feedback.to_dict(),
+            "payments_by_gateway": [group.to_dict() for group in self.payments_by_gateway],
         }
 
 
@@ -89,6 +92,7 @@ def effectiveness_report(
         ),
         portfolio=portfolio(conn, since or end - timedelta(days=PORTFOLIO_DAYS - 1), end),
         feedback=feedback_figures(conn, as_of, since, until),
+        payments_by_gateway=payments_by_gateway(conn, as_of, cure_days, since, until),
     )
 
 

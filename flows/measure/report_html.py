@@ -63,6 +63,8 @@ def render_html(report: Report) -> str:
         experiments_table(report),
         "<h2>Portfolio</h2>",
         portfolio_table(report),
+        "<h2>Payments after a message, by gateway</h2>",
+        gateway_table(report),
         "<h2>What customers say</h2>",
         feedback_section(report),
     ]
@@ -244,6 +246,16 @@ def portfolio_table(report: Report) -> str:
     period = f"<p class='muted'>{first.since} to {first.until} ({first.days} days)</p>"
     variant = f"<p class='muted'>CEI variant: {escape(first.cei_variant)}.</p>"
     return period + table(headers, rows) + variant
+
+
+def gateway_table(report: Report) -> str:
+    """Payments credited to a message (last touch), by the gateway that took them."""
+    rows = [
+        [group.gateway, group.payments, group.messages, amounts(group.amounts)]
+        for group in report.payments_by_gateway
+    ]
+    note = "<p class='muted'>none: the payment names no gateway (e.g. a bank transfer).</p>"
+    return table(["gateway", "payments", "messages", "paid"], rows) + (note if rows else "")
 
 
 # Charts ----------------------------------------------------------------------------------------
