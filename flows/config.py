@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import SecretStr, field_validator
@@ -76,6 +76,21 @@ class Settings(BaseSettings):
     # the first signs, all verify) and the page's public base URL.
     link_secret: SecretStr | None = None
     public_url: str | None = None
+
+    # Inbound mail (flows/feedback/, `collectflow inbox`): a Maildir, and/or an IMAP folder
+    # read over TLS; filed mail moves to `imap_processed_folder` ("/" is the server's
+    # separator). `imap_security` "starttls" upgrades port 143; "plain" (no TLS) is refused
+    # unless the host is this machine (127.0.0.1, ::1, localhost): for tests only.
+    inbox: Path | None = None
+    imap_host: str | None = None
+    imap_port: int | None = None  # default 993 (tls), 143 (starttls, plain)
+    imap_user: str | None = None
+    imap_password: SecretStr | None = None
+    imap_folder: str = "INBOX"
+    imap_processed_folder: str = "Collectflow/Processed"
+    imap_security: Literal["tls", "starttls", "plain"] = "tls"
+    imap_ca_file: Path | None = None
+    imap_timeout: float = 60.0
 
     @field_validator("database_url")
     @classmethod

@@ -195,6 +195,7 @@ class Message(SQLModel, table=True):
         Index("ix_messages_status_id", "status", "id"),
         Index("ix_messages_case", "case_id"),
         Index("ix_messages_customer", "customer_id", "status"),  # contact rules, per customer
+        Index("ix_messages_message_id_header", "message_id_header"),  # inbound mail's matching
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -540,3 +541,42 @@ class ClaimedPayment(SQLModel, table=True):
     reference: str | None = Field(default=None, max_length=100, description="the customer's")
     status: str = Field(default="open", max_length=16, description="open|found|not_found")
     decided_on: date | None = None
+
+
+class InboundMail(SQLModel, table=True):
+    """A mail read from the inbox, filed once: a bounce, an auto-reply or a customer's reply,
+    what it was matched to, what it says and what became of it (flows/feedback/).
+
+    `mail_key` is its Message-ID, or `sha256:<hex>` of its bytes when it has none, so reading
+    the same mail again files nothing. The mail itself stays in the mailbox (Maildir `cur`, or
+    the IMAP processed folder); `source` says where it was read.
+    """
+
+    __tablename__ = "inbound_mail"
+    __table_args__ = (Index("ix_inbound_mail_status", "status", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    mail_key: str = Field(unique=True, max_length=255, description="Message-ID, or sha256:<hex>")
+    source: str = Field(max_length=255, description="maildir:<file> or imap:<folder>:<uid>")
+    filed_at: datetime = Field(sa_column=instant_column(nullable=False))
+    filed_on: date
+    sent_at: datetime | None = Field(default=None, sa_column=instant_column())
+    sender: str | None = Field(default=None, max_length=320)
+    subject: str | None = None
+    kind: str = Field(max_length=16, description="bounce|auto_reply|reply|unreadable")
+    status: str = Field(
+        max_length=16, description="pending|applied|queued|confirmed|read|recorded|unmatched"
+    )
+    matched_by: str | None = Field(default=None, max_length=16)
+    message_id: int | None = Field(default=None, foreign_key="messages.id")
+    customer_id: str | None = Field(default=None, max_length=64)
+    case_id: int | None = Field(default=None, foreign_key="cases.id")
+    intent: str | None = Field(default=None, max_length=16, description="what a reply says")
+    confidence: float | None = None
+    said_on: date | None = Field(default=None, description="the date a reply names")
+    bounce: str | None = Field(
+        default=None, max_length=16, description="hard|soft, then the DSN status code"
+    )
+    queue_item_id: int | None = Field(default=None, foreign_key="queue_items.id")
+    excerpt: str | None = Field(default=None, sa_type=Text, description="its first lines")
+    detail: str | None = Field(default=None, sa_type=Text, description="JSON: how it was read")

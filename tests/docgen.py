@@ -171,3 +171,27 @@ def deployment_table(root: Path = ROOT) -> str:
             f"| {', '.join(schedules) or 'manual'} |"
         )
     return "\n".join(rows) + "\n"
+
+
+# The policy ------------------------------------------------------------------------------
+
+
+def reply_rules() -> str:
+    """docs/policy.md: the shipped rules that read replies, per language, and the automatic
+    replies' subjects (flows/policy/replies.py)."""
+    from collectflow.flows.policy.replies import DEFAULT_OUT_OF_OFFICE, DEFAULT_RULES
+
+    rows = ["| rule | intent | confidence | phrases, patterns |", "|---|---|---|---|"]
+    for language, rules in DEFAULT_RULES.items():
+        for index, rule in enumerate(rules):
+            said = [f"“{phrase}”" for phrase in rule.phrases]
+            said += [f"`{pattern}`".replace("|", "\\|") for pattern in rule.patterns]
+            intent = rule.intent + (f" ({rule.reason})" if rule.reason else "")
+            rows.append(
+                f"| `{language}.{index}` | {intent} | {rule.confidence:g} | {', '.join(said)} |"
+            )
+    subjects = [
+        f"- {language}: " + ", ".join(f"“{subject}”" for subject in found)
+        for language, found in DEFAULT_OUT_OF_OFFICE.items()
+    ]
+    return "\n".join(rows) + "\n\nOut-of-office subjects:\n\n" + "\n".join(subjects) + "\n"

@@ -9,6 +9,13 @@ logged in the case's events, and resolved when its matter is settled: by the act
 settles it (resolve a dispute, confirm a write-off) or, for matters settled outside
 Collectflow (a refund paid, an address corrected), by the operator marking it done
 (`complete_item`).
+
+Read back from the inbox (flows/feedback/): `no_valid_address` (a bounce said the customer's
+address does not exist: it is blocked and nothing more goes out until the ledger gives a new
+address and the operator marks the item done) and `reply_needs_reading` (a reply the rules
+could not read surely enough; settled by `confirm-reply`, which applies what it says). Like
+every item, both are resolved when their case closes, and neither is set aside while the case
+is paused: a customer's words and a dead address need a person whatever the case waits for.
 """
 
 from __future__ import annotations
@@ -33,12 +40,18 @@ REASONS = frozenset(
         "write_off",
         "delivery_in_doubt",
         "claimed_paid_not_found",  # the customer said paid; nothing arrived (feedback/claims.py)
+        "no_valid_address",  # a bounce: the address does not exist (feedback/filing.py)
+        "reply_needs_reading",  # a reply to read and confirm (feedback/replies.py)
     }
 )
 
 
 # Reasons an operator action settles; marking such an item done by hand would hide the matter.
-SETTLED_BY_ACTION = {"disputed": "resolve-dispute", "write_off": "write-off"}
+SETTLED_BY_ACTION = {
+    "disputed": "resolve-dispute",
+    "write_off": "write-off",
+    "reply_needs_reading": "confirm-reply",
+}
 
 
 def queue_cases(conn: Connection, cases: Select[Any], reason: str, as_of: date) -> int:

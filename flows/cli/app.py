@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import typer
 
-from collectflow.flows.cli import cases, delivery, report, run, segments, serve
+from collectflow.flows.cli import cases, delivery, inbox, report, run, segments, serve
 
-COMMAND_MODULES = (run, cases, delivery, report, segments, serve)  # in the order --help lists
+# in the order `--help` lists them
+COMMAND_MODULES = (run, cases, delivery, inbox, report, segments, serve)
 
 app = typer.Typer(
     name="collectflow",

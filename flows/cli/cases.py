@@ -55,7 +55,9 @@ def queue(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if as_json:
         emit_json({"items": items})
         return
-    table = Table("item", "case", "customer", "reason", "since", "age", "claimed by", title="Queue")
+    table = Table(
+        "item", "case", "customer", "reason", "since", "age", "claimed by", "detail", title="Queue"
+    )
     for item in items:
         table.add_row(
             str(item["id"]),
@@ -65,6 +67,7 @@ def queue(ctx: typer.Context, as_json: JsonOption = False) -> None:
             str(item["created_on"]),
             f"{item['age_days']} d",
             item["claimed_by"] or "",
+            item["detail"] or "",  # e.g. a reply's suggested intent and first lines
         )
     out.print(table if items else "the queue is empty")
 

@@ -3,5 +3,8 @@ what an answer does to the case (answers.py, claims.py), and inbound mail (repli
 auto-replies, bounces) read back into the same answers.
 
 `links.py` signs and verifies the per-message tokens; `message_links.py` writes them into each
-customer message (the body's answer link, the header's one-click opt-out).
+customer message (the body's answer link, the header's one-click opt-out). Inbound mail:
+`inbox.py` reads it (`maildir_inbox.py`, `imap_inbox.py`), `triage.py` says what each mail is
+(`bounces.py`, `autoreplies.py`, `quoting.py`), `filing.py` files and matches it, `classify.py`
+and `dates.py` read a reply by the policy's rules, and `replies.py` applies it or queues it.
 """

@@ -4,7 +4,8 @@
 and `load_policy`; each other module is one section: `cases.py` (pauses: promises to pay),
 `contact.py` (quiet hours, the message cap), `diagnosis.py` (failure classes, causes, outage
 thresholds), `measurement.py` (cure window, experiment sample size), `feedback.py` (answer links and
-what the customer's answers may do), `gateways.py` (where customers pay, in order).
+what the customer's answers may do), `gateways.py` (where customers pay, in order),
+`replies.py` (how customers' replies are read).
 """
 
 from collectflow.flows.policy.cases import Pauses
@@ -22,6 +23,7 @@ from collectflow.flows.policy.document import (
 )
 from collectflow.flows.policy.feedback import Feedback
 from collectflow.flows.policy.gateways import Gateway
+from collectflow.flows.policy.replies import Replies
 
 __all__ = [
     "CAUSES",
@@ -37,6 +39,7 @@ __all__ = [
     "Pauses",
     "Policy",
     "QuietHours",
+    "Replies",
     "Sender",
     "condition_matches",
     "condition_sql",

@@ -23,6 +23,7 @@ from collectflow.flows.policy.diagnosis import Diagnosis, Outage
 from collectflow.flows.policy.feedback import Feedback
 from collectflow.flows.policy.gateways import Gateway, check_url_template, default_gateway
 from collectflow.flows.policy.measurement import Measurement
+from collectflow.flows.policy.replies import Replies
 from collectflow.flows.policy.types import Days, OffsetDays, PositiveDays
 
 FEATURES: dict[str, str] = {
@@ -237,6 +238,7 @@ class Policy(_Strict):
         description="where customers pay, in order of preference (default: one gateway, "
         "`sender.payment_url`)",
     )
+    replies: Replies = Replies()
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
