@@ -77,25 +77,65 @@ def payment_totals(as_of: date) -> Subquery:
 def invoice_positions(as_of: date) -> Subquery:
     """Every invoice issued by `as_of` with what is owed on it and when it was last paid."""
     totals = payment_totals(as_of)
-    owed_by_payments = INVOICES.c.amount - func.coalesce(totals.c.settled, ZERO)
-    trusted_settled = INVOICES.c.status.in_(("paid", "void"))
-    owed = type_coerce(case((trusted_settled, ZERO), else_=owed_by_payments), Money)
     return (
-        select(
-            INVOICES.c.invoice_id,
-            INVOICES.c.customer_id,
-            INVOICES.c.issued_on,
-            INVOICES.c.due_on,
-            INVOICES.c.currency,
-            INVOICES.c.status,
-            INVOICES.c.amount,
-            owed.label("owed"),
-            totals.c.last_paid_on,
-        )
+        select(*_position_columns(totals))
         .select_from(INVOICES.outerjoin(totals, totals.c.invoice_id == INVOICES.c.invoice_id))
         .where(INVOICES.c.issued_on <= as_of)
         .subquery("positions")
     )
+
+
+def invoice_positions_at(cuts: FromClause) -> Subquery:
+    """`invoice_positions` of many dates in one statement: for each row (customer_id, cut) of
+    `cuts`, that customer's invoices issued by `cut`, what was owed on each and when it was
+    last paid, counting the payments attempted by `cut` only; a `cut` column says which."""
+    issued = and_(INVOICES.c.customer_id == cuts.c.customer_id, INVOICES.c.issued_on <= cuts.c.cut)
+    succeeded = PAYMENTS.c.status == "succeeded"
+    totals = (
+        select(
+            cuts.c.customer_id,
+            cuts.c.cut,
+            PAYMENTS.c.invoice_id,
+            settled_amount().label("settled"),
+            func.max(PAYMENTS.c.attempted_on).filter(succeeded).label("last_paid_on"),
+        )
+        .select_from(
+            cuts.join(INVOICES, issued).join(
+                PAYMENTS, PAYMENTS.c.invoice_id == INVOICES.c.invoice_id
+            )
+        )
+        .where(PAYMENTS.c.attempted_on <= cuts.c.cut, settling())
+        .group_by(cuts.c.customer_id, cuts.c.cut, PAYMENTS.c.invoice_id)
+        .subquery("payment_totals_at")
+    )
+    same_cut = and_(
+        totals.c.invoice_id == INVOICES.c.invoice_id,
+        totals.c.customer_id == cuts.c.customer_id,
+        totals.c.cut == cuts.c.cut,
+    )
+    return (
+        select(*_position_columns(totals), cuts.c.cut)
+        .select_from(cuts.join(INVOICES, issued).outerjoin(totals, same_cut))
+        .subquery("positions_at")
+    )
+
+
+def _position_columns(totals: Subquery) -> list[ColumnElement[Any]]:
+    """An invoice's position given its payment totals: the one rule of what is owed."""
+    owed_by_payments = INVOICES.c.amount - func.coalesce(totals.c.settled, ZERO)
+    trusted_settled = INVOICES.c.status.in_(("paid", "void"))
+    owed = type_coerce(case((trusted_settled, ZERO), else_=owed_by_payments), Money)
+    return [
+        INVOICES.c.invoice_id,
+        INVOICES.c.customer_id,
+        INVOICES.c.issued_on,
+        INVOICES.c.due_on,
+        INVOICES.c.currency,
+        INVOICES.c.status,
+        INVOICES.c.amount,
+        owed.label("owed"),
+        totals.c.last_paid_on,
+    ]
 
 
 def refresh_balances(conn: Connection, as_of: date) -> int:

@@ -23,6 +23,7 @@ from collectflow.flows.policy.contact import Contact
 from collectflow.flows.policy.diagnosis import Diagnosis, Outage
 from collectflow.flows.policy.feedback import Feedback
 from collectflow.flows.policy.measurement import Measurement
+from collectflow.flows.policy.risk import Risk
 from collectflow.flows.policy.types import Days, OffsetDays, PositiveDays
 
 FEATURES: dict[str, str] = {
@@ -47,6 +48,8 @@ FEATURES: dict[str, str] = {
     "broken_promises": "promises to pay broken in the trailing window (count)",
     "failed_order_30d": "of failed_payments_30d, those failing for an order reason "
     "(product not received, subscription canceled) (count)",
+    "risk": "probability (0-1) that the customer's next invoices are paid more than "
+    "risk.late_days late, scored by the run before segmenting (docs/risk.md; empty: not scored)",
 }
 OPERATORS = ("gte", "gt", "lte", "lt", "eq", "ne")
 STEPS = ("operator_queue", "account_manager", "suspension", "agency", "write_off")
@@ -241,6 +244,7 @@ class Policy(_Strict):
     contact: Contact = Contact()
     measurement: Measurement = Measurement()
     feedback: Feedback = Feedback()
+    risk: Risk = Risk()
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
