@@ -44,18 +44,22 @@ def settling(payments: FromClause = PAYMENTS) -> ColumnElement[bool]:
     return payments.c.status.in_(SETTLING)
 
 
-def settled_amount(payments: FromClause = PAYMENTS) -> ColumnElement[Any]:
+def settled_amount(
+    payments: FromClause = PAYMENTS, among: ColumnElement[bool] | None = None
+) -> ColumnElement[Any]:
     """What is settled on an invoice: its succeeded payments less its refunds (0 for none).
 
     The one place the rule is written; an aggregate, so each caller picks the payments (its
     invoice or customer, up to a date) in its own WHERE, with `settling` to let an index on
-    the status help.
+    the status help; `among` narrows it further inside the aggregate (paid by a deadline).
     """
     signed = case(
         (payments.c.status == "succeeded", payments.c.amount),
         (payments.c.status == "refunded", -payments.c.amount),
         else_=ZERO,
     )
+    if among is not None:
+        signed = case((among, signed), else_=ZERO)
     return type_coerce(func.coalesce(func.sum(signed), ZERO), Money)
 
 

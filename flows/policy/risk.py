@@ -101,8 +101,8 @@ class Risk(BaseModel):
         description="labelled invoices needed to fit the model; fewer: the prior scorecard",
     )
     max_examples: Count = Field(
-        default=60_000, description="the model learns from at most this many labelled "
-        "invoices, the most recently due (bounds the daily run's time)"
+        default=20_000, description="the model learns from at most this many labelled "
+        "invoices, those due on every k-th day of the training window (bounds the run's time)"
     )  # fmt: skip
     training_days: PositiveDays = Field(
         default=730, description="labelled invoices are those due in this many days before "

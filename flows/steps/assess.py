@@ -48,6 +48,7 @@ from collectflow.models import (
     CustomerFeatures,
     Dispute,
     Invoice,
+    InvoiceBalance,
     Payment,
     SegmentChange,
     days_between,
@@ -62,6 +63,7 @@ DISPUTES = Dispute.__table__
 FEATURES = CustomerFeatures.__table__
 HISTORY = SegmentChange.__table__
 INVOICES = Invoice.__table__
+BALANCES = InvoiceBalance.__table__
 PAYMENTS = Payment.__table__
 
 
@@ -75,11 +77,34 @@ class AssessReport:
 
 
 def assess(conn: Connection, policy: Policy, as_of: date) -> AssessReport:
-    """Refresh balances and features for `as_of`, then segment every customer."""
+    """Refresh balances and features for `as_of`, then segment every customer.
+
+    The daily run does the same in two steps with the risk step between them
+    (flows/pipeline.py), so that segment rules can read the day's `risk`; here, as in any
+    call without it, `risk` is empty and a rule comparing it matches no one.
+    """
+    measure_behaviour(conn, policy, as_of)
+    return segment_customers(conn, policy, as_of)
+
+
+def measure_behaviour(conn: Connection, policy: Policy, as_of: date) -> int:
+    """What is owed on each invoice and every customer's behaviour features, as of `as_of`;
+    returns how many invoices still owe money."""
     owing = refresh_balances(conn, as_of)
     compute_features(conn, policy, as_of)
+    return owing
+
+
+def segment_customers(conn: Connection, policy: Policy, as_of: date) -> AssessReport:
+    """Segment every customer from today's features (risk included once scored)."""
     moved = assign_segments(conn, policy, as_of)
+    owing = conn.execute(select(func.count()).select_from(BALANCES)).scalar_one()
     return AssessReport(owing_invoices=owing, segments=segment_counts(conn), moved=moved)
+
+
+def reads_risk(policy: Policy) -> bool:
+    """Whether a segment rule compares `risk` (then segmenting needs the day's scores)."""
+    return any("risk" in _features_in(segment.when) for segment in policy.segments)
 
 
 FEATURE_COLUMNS = (
@@ -186,9 +211,7 @@ def feature_select(policy: Policy, cuts: Cuts) -> Select[Any]:
     failed = _failed_payments(policy, cuts)
     promises = _broken_promises(policy, cuts)
     base = CUSTOMERS if cuts.on is not None else cuts.rows
-    return select(
-        base.c.customer_id,
-        at if cuts.on is not None else base.c.cut,
+    values = [
         func.coalesce(per_customer.c.invoices_issued, 0),
         func.coalesce(per_customer.c.invoices_paid, 0),
         per_customer.c.on_time_ratio,
@@ -205,6 +228,11 @@ def feature_select(policy: Policy, cuts: Cuts) -> Select[Any]:
         func.coalesce(failed.c.customer, 0),
         func.coalesce(promises.c.broken, 0),
         func.coalesce(failed.c.order, 0),
+    ]
+    return select(
+        base.c.customer_id,
+        (at if cuts.on is not None else base.c.cut).label("as_of"),
+        *(value.label(name) for value, name in zip(values, FEATURE_COLUMNS, strict=True)),
     ).select_from(
         base.outerjoin(per_customer, cuts.joined(per_customer, base))
         .outerjoin(failed, cuts.joined(failed, base))
