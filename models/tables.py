@@ -127,6 +127,7 @@ class CustomerFeatures(SQLModel, table=True):
     failed_customer_30d: int = 0
     broken_promises: int = 0
     failed_order_30d: int = 0
+    very_late_ratio: float | None = None
     risk: float | None = Field(default=None, description="set by the risk step, before segments")
 
 

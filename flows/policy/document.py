@@ -48,6 +48,8 @@ FEATURES: dict[str, str] = {
     "broken_promises": "promises to pay broken in the trailing window (count)",
     "failed_order_30d": "of failed_payments_30d, those failing for an order reason "
     "(product not received, subscription canceled) (count)",
+    "very_late_ratio": "paid invoices paid more than risk.late_days days after their due date "
+    "/ paid invoices (0-1; empty when nothing was paid yet)",
     "risk": "probability (0-1) that the customer's next invoices are paid more than "
     "risk.late_days late, scored by the run before segmenting (docs/risk.md; empty: not scored)",
 }

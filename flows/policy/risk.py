@@ -20,6 +20,7 @@ Weight = Annotated[float, Field(strict=True, ge=-20, le=20)]
 
 MODEL_FEATURES: dict[str, int] = {
     "late_share": 1,
+    "very_late_ratio": 1,
     "avg_days_late": 1,
     "p90_days_late": 1,
     "oldest_overdue_days": 1,
@@ -34,7 +35,7 @@ MODEL_FEATURES: dict[str, int] = {
 """The model's inputs, each with the sign the trade expects of its weight: 1 = more of it never
 lowers risk (the fit keeps the weight at 0 or above), 0 = the data decides. All but two are
 behaviour features of assess (docs/policy.md); `late_share` is 1 - on_time_ratio and
-`no_history` is 1 when nothing was paid yet (on_time_ratio empty)."""
+`no_history` is 1 when nothing was paid yet (on_time_ratio empty; the ratios are then 0)."""
 
 PRIOR_WEIGHTS: dict[str, float] = {
     "late_share": 2.0,

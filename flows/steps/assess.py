@@ -124,6 +124,7 @@ FEATURE_COLUMNS = (
     "failed_customer_30d",
     "broken_promises",
     "failed_order_30d",
+    "very_late_ratio",
 )
 """The behaviour features `feature_select` computes, in its column order (after customer_id
 and as_of); `risk` is set later, by the risk step."""
@@ -193,6 +194,12 @@ def feature_select(policy: Policy, cuts: Cuts) -> Select[Any]:
             ),
             cast(func.avg(case((timed, p.c.days_late))), Float).label("avg_days_late"),
             cast(
+                func.avg(
+                    case((timed, case((p.c.days_late > policy.risk.late_days, 1), else_=0)))
+                ),
+                Float,
+            ).label("very_late_ratio"),
+            cast(
                 func.max(case((and_(timed, p.c.late_rank == p90_rank), p.c.days_late))), Float
             ).label("p90_days_late"),
             func.coalesce(func.sum(p.c.owed).filter(owing), ZERO).label("open_balance"),
@@ -228,6 +235,7 @@ def feature_select(policy: Policy, cuts: Cuts) -> Select[Any]:
         func.coalesce(failed.c.customer, 0),
         func.coalesce(promises.c.broken, 0),
         func.coalesce(failed.c.order, 0),
+        per_customer.c.very_late_ratio,
     ]
     return select(
         base.c.customer_id,

@@ -89,22 +89,26 @@ class Examples:
 @dataclass(frozen=True)
 class Sample:
     """Which labelled invoices: those whose outcome is known on `label_on`, due from
-    `due_from` on when given (and within `training_days` of `label_on` in any case)."""
+    `due_from` (default: `training_days` before `label_on`) and before `due_before`."""
 
     label_on: date
     due_from: date | None = None
-    share: float = 1.0  # of `max_examples` this sample may take
+    due_before: date | None = None
+    share: float | None = 1.0  # of `max_examples` this sample may take; None: no limit
 
-    def limit(self, policy: Policy) -> int:
+    def limit(self, policy: Policy) -> int | None:
+        if self.share is None:
+            return None
         return max(1, int(policy.risk.max_examples * self.share))
 
     def candidates(self, policy: Policy) -> ColumnElement[bool]:
         risk = policy.risk
         earliest = self.label_on - timedelta(days=risk.training_days)
+        deadline = self.label_on - timedelta(days=risk.late_days)
         return and_(
             INVOICES.c.status.in_(("open", "paid")),
-            INVOICES.c.due_on >= max(earliest, self.due_from or earliest),
-            INVOICES.c.due_on < self.label_on - timedelta(days=risk.late_days),
+            INVOICES.c.due_on >= (self.due_from or earliest),
+            INVOICES.c.due_on < min(deadline, self.due_before or deadline),
         )
 
 
@@ -201,7 +205,8 @@ def training_examples(
             total = conn.execute(
                 select(func.count()).select_from(INVOICES).where(sample.candidates(policy))
             ).scalar_one()
-            stride = max(1, math.ceil(total / sample.limit(policy)))
+            limit = sample.limit(policy)
+            stride = 1 if limit is None else max(1, math.ceil(total / limit))
             conn.execute(
                 insert(EXAMPLES).from_select(
                     [column.name for column in EXAMPLES.c],

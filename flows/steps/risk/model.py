@@ -28,6 +28,7 @@ from collectflow.flows.policy.risk import MODEL_FEATURES, Prior
 INPUTS = tuple(MODEL_FEATURES)
 SOURCE_COLUMNS = (
     "on_time_ratio",
+    "very_late_ratio",
     "avg_days_late",
     "p90_days_late",
     "oldest_overdue_days",
@@ -52,10 +53,13 @@ def raw_inputs(features: np.ndarray) -> np.ndarray:
     return np.column_stack([late_share, filled[:, 1:], no_history.astype(float)])
 
 
+SHARES = 2  # late_share, very_late_ratio: inputs taken as they are, like no_history
+
+
 def transformed(raw: np.ndarray) -> np.ndarray:
-    """Days and counts as ln(1 + x); the share and the 0/1 input as they are."""
+    """Days and counts as ln(1 + x); the shares and the 0/1 input as they are."""
     shaped = raw.copy()
-    shaped[:, 1:-1] = np.log1p(np.maximum(raw[:, 1:-1], 0.0))
+    shaped[:, SHARES:-1] = np.log1p(np.maximum(raw[:, SHARES:-1], 0.0))
     return shaped
 
 

@@ -1,4 +1,4 @@
-"""The risk score: `customer_features.risk` (read by segment rules), the model of each run
+"""The risk score: `customer_features.risk` (read by segment rules) and `very_late_ratio`, the model of each run
 (`risk_models`) and each customer's risk history (`customer_risk`).
 
 `customer_features` is rebuilt by every run, so its new column needs no data carried over.
@@ -28,6 +28,7 @@ def upgrade() -> None:
     inspector = sa.inspect(op.get_bind())
     if "risk" not in {column["name"] for column in inspector.get_columns("customer_features")}:
         with op.batch_alter_table("customer_features") as batch:
+            batch.add_column(sa.Column("very_late_ratio", sa.Float(), nullable=True))
             batch.add_column(sa.Column("risk", sa.Float(), nullable=True))
     if inspector.has_table("risk_models"):
         return
@@ -64,3 +65,4 @@ def downgrade() -> None:
     op.drop_table("risk_models")
     with op.batch_alter_table("customer_features") as batch:
         batch.drop_column("risk")
+        batch.drop_column("very_late_ratio")
