@@ -1,5 +1,5 @@
-"""The risk score: `customer_features.risk` (read by segment rules) and `very_late_ratio`, the model of each run
-(`risk_models`) and each customer's risk history (`customer_risk`).
+"""The risk score: `customer_features.risk` (read by segment rules) and `very_late_ratio`,
+the model of each run (`risk_models`) and each customer's risk history (`customer_risk`).
 
 `customer_features` is rebuilt by every run, so its new column needs no data carried over.
 
