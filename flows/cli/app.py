@@ -11,8 +11,16 @@ from __future__ import annotations
 import typer
 
 from collectflow.flows.cli import cases, delivery, report, run, segments
+from collectflow.flows.cli import risk as risk_commands
 
-COMMAND_MODULES = (run, cases, delivery, report, segments)  # in the order `--help` lists them
+COMMAND_MODULES = (
+    run,
+    cases,
+    delivery,
+    report,
+    segments,
+    risk_commands,
+)  # in the order `--help` lists them
 
 app = typer.Typer(
     name="collectflow",

@@ -41,10 +41,10 @@ MODELS = RiskModelRecord.__table__
 
 EVALUATION_CUTS = 4
 CUT_STEP_DAYS = 90
-HORIZON_DAYS = 180
-"""--evaluate: up to 4 cut dates 90 days apart, each judged on the invoices due in the 180
+HORIZON_DAYS = 90
+"""--evaluate: up to 4 cut dates 90 days apart, each judged on the invoices due in the 90
 days after it (the latest cut is the last one whose 180 days are all known)."""
-MIN_HISTORY_DAYS = 180
+MIN_HISTORY_DAYS = 120
 """A cut needs this much ledger before it: earlier, there is nothing to learn from."""
 
 
@@ -200,9 +200,7 @@ def evaluate_cut(conn: Connection, policy: Policy, as_of: date, cut: date) -> di
     late_share = raw[:, 0].copy()
     late_share[raw[:, -1] == 1] = np.nan  # nothing paid yet: no late share to speak of
     known = late_share[~np.isnan(late_share)]
-    baseline = dict(
-        zip(ids, np.where(np.isnan(late_share), known.mean(), late_share), strict=True)
-    )
+    baseline = dict(zip(ids, np.where(np.isnan(late_share), known.mean(), late_share), strict=True))
     after = Sample(
         as_of,
         due_from=cut + timedelta(days=1),

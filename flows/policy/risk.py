@@ -27,15 +27,14 @@ MODEL_FEATURES: dict[str, int] = {
     "failed_payments_30d": 1,
     "broken_promises": 1,
     "disputes": 1,
-    "open_invoices": 0,
-    "invoices_paid": 0,
-    "tenure_days": 0,
     "no_history": 0,
 }
 """The model's inputs, each with the sign the trade expects of its weight: 1 = more of it never
 lowers risk (the fit keeps the weight at 0 or above), 0 = the data decides. All but two are
 behaviour features of assess (docs/policy.md); `late_share` is 1 - on_time_ratio and
-`no_history` is 1 when nothing was paid yet (on_time_ratio empty; the ratios are then 0)."""
+`no_history` is 1 when nothing was paid yet (on_time_ratio empty; the ratios are then 0).
+Tenure and counts of invoices are left out: in a ledger they measure where the ledger starts
+as much as the customer (docs/decisions.md)."""
 
 PRIOR_WEIGHTS: dict[str, float] = {
     "late_share": 2.0,

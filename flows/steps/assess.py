@@ -194,9 +194,7 @@ def feature_select(policy: Policy, cuts: Cuts) -> Select[Any]:
             ),
             cast(func.avg(case((timed, p.c.days_late))), Float).label("avg_days_late"),
             cast(
-                func.avg(
-                    case((timed, case((p.c.days_late > policy.risk.late_days, 1), else_=0)))
-                ),
+                func.avg(case((timed, case((p.c.days_late > policy.risk.late_days, 1), else_=0)))),
                 Float,
             ).label("very_late_ratio"),
             cast(

@@ -35,9 +35,6 @@ SOURCE_COLUMNS = (
     "failed_payments_30d",
     "broken_promises",
     "disputes",
-    "open_invoices",
-    "invoices_paid",
-    "tenure_days",
 )
 """The `customer_features` columns the inputs are made of, in the order `raw_inputs` reads."""
 MAX_ITERATIONS = 50
