@@ -7,8 +7,9 @@ times assess, risk, segment, diagnose, plan and render for today, each in its ow
 and the peak memory of the process after each phase. The risk step (fit on the ledger's
 history, score every customer) is reported on its own, against its target of 20 s. The floor
 is what the same data costs without Collectflow's decisions: (a) one bare SQL aggregate of
-what each customer owes, over the same invoices and payments, and (b) bare Jinja2 renders of as many simple messages as the run rendered. DESIGN.md
-asks for (assess + plan + render) within 3x of (a + b), and peak memory under 1 GiB.
+what each customer owes, over the same invoices and payments, and (b) bare Jinja2 renders of
+as many simple messages as the run rendered. DESIGN.md asks for (assess + plan + render)
+within 3x of (a + b), and peak memory under 1 GiB.
 See bench/README.md.
 """
 
