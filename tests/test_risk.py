@@ -216,3 +216,30 @@ def test_a_segment_rule_reads_the_risk_of_the_same_day(
     assert all(risks[c] >= 0.6 for c, s in segments.items() if s == "risky"), risks
     assert {row["customer_id"] for row in history} == set(segments)  # first scores kept
     assert all(json.loads(row["reasons"]) for row in history)
+
+
+def test_the_report_shows_the_held_out_check_and_the_reliability_plot(
+    engine: Engine, settings: Settings, policy: Policy, tmp_path: Path
+) -> None:
+    from collectflow.flows.measure.report import effectiveness_report
+    from collectflow.flows.measure.report_html import render_html
+    from collectflow.flows.steps.assess import measure_behaviour
+    from collectflow.flows.steps.risk import score_risk
+
+    late_payers(Ledger()).load(engine, tmp_path / "ledger", settings)
+    fitted = with_risk(policy, min_examples=20)
+    with engine.begin() as conn:
+        measure_behaviour(conn, fitted, TODAY)
+        score_risk(conn, fitted, TODAY)
+        report = effectiveness_report(conn, fitted, TODAY)
+
+    check = report.risk["check"]
+    assert (report.risk["kind"], check["kind"]) == ("fitted", "fitted")
+    assert check["invoices"] == 60  # 20 customers x the 3 invoices due in the last 90+10 days
+    assert check["auc"] == 1.0  # chronic and punctual never overlap here
+    assert sum(row["invoices"] for row in check["deciles"]) == 60
+    html = render_html(report)
+    section = html.split("<h2>Risk score</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "AUC 1.000" in section and "Reliability" in section
+    assert section.count("<circle") == len(check["deciles"])
+    assert "src=" not in section and "href=" not in section  # inline: no external asset
