@@ -31,7 +31,7 @@ from collectflow.flows.steps.risk import (
     score_risk,
     training_examples,
 )
-from collectflow.flows.steps.risk.examples import labelled_invoices
+from collectflow.flows.steps.risk.examples import EXAMPLES, label_samples, scratch
 from collectflow.flows.steps.risk.model import auc, reasons_of, spearman
 from collectflow.models import CustomerFeatures, Invoice, RiskModelRecord
 
@@ -207,11 +207,10 @@ def evaluate_cut(conn: Connection, policy: Policy, as_of: date, cut: date) -> di
         due_before=cut + timedelta(days=HORIZON_DAYS + 1),
         share=None,
     )
-    outcomes = [
-        (row.customer_id, row.late, row.days_late)
-        for row in conn.execute(labelled_invoices(policy, after))
-        if row.customer_id in scores
-    ]
+    with scratch(conn):
+        label_samples(conn, policy, {"after": after})
+        rows = conn.execute(select(EXAMPLES.c.customer_id, EXAMPLES.c.late, EXAMPLES.c.days_late))
+        outcomes = [tuple(row) for row in rows if row.customer_id in scores]
     return {
         "cut": cut.isoformat(),
         "model": model.kind,

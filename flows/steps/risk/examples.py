@@ -62,6 +62,15 @@ EXAMPLES = Table(
     prefixes=["TEMPORARY"],
 )
 """The labelled invoices of one fit (a temporary table: gone with the connection)."""
+CHOSEN = Table(
+    "risk_chosen",
+    _SCRATCH,
+    Column("sample", String(16), primary_key=True),
+    Column("invoice_id", String(64), primary_key=True),
+    prefixes=["TEMPORARY"],
+)
+"""The invoices each sample takes, before they are labelled: a table with statistics, so that
+PostgreSQL joins the payments to a known number of rows whatever it knows of the ledger."""
 PAIRS = Table(
     "risk_example_cuts",
     _SCRATCH,
@@ -112,13 +121,10 @@ class Sample:
         )
 
 
-def labelled_invoices(policy: Policy, sample: Sample, stride: int = 1) -> Select[Any]:
-    """At most the sample's share of `max_examples` of its invoices, those due on every
+def chosen_invoices(policy: Policy, sample: Sample, stride: int = 1) -> Select[Any]:
+    """At most the sample's share of `max_examples` of its invoices (ids), those due on every
     `stride`-th day counted back from the label date (so a long history is sampled across
-    its whole span, not just its last weeks), most recently due first: invoice_id,
-    customer_id, cut (the issue date), due_on, late, days_late."""
-    risk = policy.risk
-    label_on = sample.label_on
+    its whole span, not just its last weeks), most recently due first."""
     chosen = (
         select(INVOICES.c.invoice_id)
         .where(sample.candidates(policy))
@@ -126,8 +132,16 @@ def labelled_invoices(policy: Policy, sample: Sample, stride: int = 1) -> Select
         .limit(sample.limit(policy))
     )
     if stride > 1:
-        chosen = chosen.where(days_between(label_on, INVOICES.c.due_on) % stride == 0)
-    chosen = chosen.subquery("chosen")
+        chosen = chosen.where(days_between(sample.label_on, INVOICES.c.due_on) % stride == 0)
+    return chosen
+
+
+def labelled_invoices(policy: Policy, name: str, sample: Sample) -> Select[Any]:
+    """The sample's invoices in CHOSEN, labelled as of its label date: sample, invoice_id,
+    customer_id, cut (the issue date), due_on, late, days_late."""
+    risk = policy.risk
+    label_on = sample.label_on
+    chosen = select(CHOSEN.c.invoice_id).where(CHOSEN.c.sample == name).subquery("chosen")
     succeeded = PAYMENTS.c.status == "succeeded"
     in_time = days_between(PAYMENTS.c.attempted_on, INVOICES.c.due_on) <= risk.late_days
     paid = (
@@ -165,6 +179,7 @@ def labelled_invoices(policy: Policy, sample: Sample, stride: int = 1) -> Select
     )
     return (
         select(
+            literal(name),
             INVOICES.c.invoice_id,
             INVOICES.c.customer_id,
             INVOICES.c.issued_on.label("cut"),
@@ -184,14 +199,36 @@ def labelled_invoices(policy: Policy, sample: Sample, stride: int = 1) -> Select
 @contextmanager
 def scratch(conn: Connection) -> Iterator[None]:
     """The temporary tables of one fit, created empty and dropped after."""
-    for table in (EXAMPLES, PAIRS):
+    for table in (CHOSEN, EXAMPLES, PAIRS):
         table.drop(conn, checkfirst=True)
         table.create(conn)
     try:
         yield
     finally:
-        for table in (PAIRS, EXAMPLES):
+        for table in (PAIRS, EXAMPLES, CHOSEN):
             table.drop(conn, checkfirst=True)
+
+
+def label_samples(conn: Connection, policy: Policy, samples: dict[str, Sample]) -> None:
+    """Fill EXAMPLES with each sample's labelled invoices (inside `scratch`)."""
+    for name, sample in samples.items():
+        total = conn.execute(
+            select(func.count()).select_from(INVOICES).where(sample.candidates(policy))
+        ).scalar_one()
+        limit = sample.limit(policy)
+        stride = 1 if limit is None else max(1, math.ceil(total / limit))
+        chosen = chosen_invoices(policy, sample, stride).subquery()
+        conn.execute(
+            insert(CHOSEN).from_select(
+                ["sample", "invoice_id"], select(literal(name), chosen.c.invoice_id)
+            )
+        )
+        refresh_statistics(conn, CHOSEN.name)
+        conn.execute(
+            insert(EXAMPLES).from_select(
+                [column.name for column in EXAMPLES.c], labelled_invoices(policy, name, sample)
+            )
+        )
 
 
 def training_examples(
@@ -201,18 +238,7 @@ def training_examples(
     date. The features of every (customer, issue date) any sample needs are computed once,
     in one statement, whatever the number of dates."""
     with scratch(conn):
-        for name, sample in samples.items():
-            total = conn.execute(
-                select(func.count()).select_from(INVOICES).where(sample.candidates(policy))
-            ).scalar_one()
-            limit = sample.limit(policy)
-            stride = 1 if limit is None else max(1, math.ceil(total / limit))
-            conn.execute(
-                insert(EXAMPLES).from_select(
-                    [column.name for column in EXAMPLES.c],
-                    select(literal(name), labelled_invoices(policy, sample, stride).subquery()),
-                )
-            )
+        label_samples(conn, policy, samples)
         conn.execute(
             insert(PAIRS).from_select(
                 ["customer_id", "cut"],
