@@ -243,3 +243,41 @@ def test_the_report_shows_the_held_out_check_and_the_reliability_plot(
     assert "AUC 1.000" in section and "Reliability" in section
     assert section.count("<circle") == len(check["deciles"])
     assert "src=" not in section and "href=" not in section  # inline: no external asset
+
+
+def test_the_ranking_measures_match_published_values() -> None:
+    from collectflow.flows.steps.risk.model import auc, spearman
+
+    # the textbook ROC example: 3 of the 4 (late, on time) pairs are ordered right
+    assert auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert auc([0.5, 0.5], [0, 1]) == 0.5  # a tie counts half
+    assert auc([0.2, 0.3], [1, 1]) is None  # nothing to compare with
+    # scipy.stats.spearmanr([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) = 0.8207826816681233
+    assert spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(0.8207826816681233)
+
+
+@pytest.mark.parametrize(
+    ("risk", "where"),
+    [
+        ({"prior": {"weights": {"late_share": -1.0}}}, "risk.prior.weights"),
+        ({"prior": {"weights": {"tenure": 1.0}}}, "risk.prior.weights"),
+        ({"age_factors": [{"from_days": 5, "factor": 0.1}]}, "risk"),
+        ({"rates": {"GBP": 1.2}}, "risk"),
+        ({"late_days": True}, "risk.late_days"),
+    ],
+)
+def test_a_bad_risk_section_is_refused_with_its_path(
+    tmp_path: Path, risk: dict, where: str
+) -> None:
+    from collectflow.flows.errors import PolicyError
+    from collectflow.flows.policy import load_policy
+
+    document = yaml.safe_load((PROJECT_ROOT / "policy.yaml").read_text(encoding="utf-8"))
+    document["risk"] = risk
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+
+    with pytest.raises(PolicyError) as refused:
+        load_policy(path)
+
+    assert f"{path}: {where}" in str(refused.value)
