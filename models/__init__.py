@@ -3,6 +3,7 @@
 from collectflow.models.db import drop_db, init_db, make_engine
 from collectflow.models.money import Money, MoneyPrecisionError
 from collectflow.models.sql import (
+    bulk_insert,
     days_between,
     in_ids,
     insert_ignoring_conflicts,
@@ -71,6 +72,7 @@ __all__ = [
     "RiskModelRecord",
     "RunRecord",
     "SegmentChange",
+    "bulk_insert",
     "days_between",
     "drop_db",
     "in_ids",

@@ -12,6 +12,8 @@ another band, with the reasons of that moment.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -24,9 +26,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     exists,
     func,
     insert,
+    literal,
     select,
     update,
 )
@@ -45,7 +49,13 @@ from collectflow.flows.steps.risk.model import (
     spearman,
     top_reasons,
 )
-from collectflow.models import CustomerFeatures, CustomerRisk, Invoice, RiskModelRecord
+from collectflow.models import (
+    CustomerFeatures,
+    CustomerRisk,
+    Invoice,
+    RiskModelRecord,
+    bulk_insert,
+)
 
 FEATURES = CustomerFeatures.__table__
 HISTORY = CustomerRisk.__table__
@@ -57,6 +67,9 @@ SCORES = Table(
     MetaData(),
     Column("customer_id", String(64), primary_key=True),
     Column("risk", Float, nullable=False),
+    Column("band", String(8), nullable=False),
+    Column("previous", Float),
+    Column("reasons", Text),
     prefixes=["TEMPORARY"],
 )
 
@@ -211,14 +224,16 @@ def score_customers(
     conn: Connection, policy: Policy, as_of: date, model: RiskModel, model_id: int
 ) -> tuple[int, int]:
     """Write each customer's risk into `customer_features` and append the moves to
-    `customer_risk`; returns (customers scored, history rows added)."""
+    `customer_risk`; returns (customers scored, history rows added).
+
+    The scores go to a temporary table in one bulk insert (COPY on PostgreSQL), with the
+    reasons of the customers whose risk moved; one UPDATE and one INSERT ... SELECT take them
+    from there."""
     rows, raw = current_inputs(conn, as_of, with_stored=True)
     if not rows:
         return 0, 0
     risks = np.round(model.predict(raw), 4)
     band = bands(policy, risks)
-    ids = [row[0] for row in rows]
-    _write_scores(conn, ids, risks)
     width = len(SOURCE_COLUMNS) + 1
     previous = np.array([np.nan if row[width] is None else row[width] for row in rows])
     moved = (
@@ -226,43 +241,56 @@ def score_customers(
         | (np.abs(risks - np.nan_to_num(previous)) >= policy.risk.history_step)
         | (band != np.array([row[width + 1] for row in rows], dtype=object))
     )
+    reasons: list[str | None] = [None] * len(rows)
     chosen = np.flatnonzero(moved)
     order, pushes = top_reasons(raw[chosen], model.contributions(raw[chosen]), policy.risk.reasons)
-    history = [
-        {
-            "customer_id": ids[i],
-            "as_of": as_of,
-            "risk": float(risks[i]),
-            "band": str(band[i]),
-            "previous": None if np.isnan(previous[i]) else float(previous[i]),
-            "model_id": model_id,
-            "reasons": json.dumps(
-                [
-                    [INPUTS[k], round(float(raw[i, k]), 4), round(float(push), 4)]
-                    for k, push in zip(order[n], pushes[n], strict=True)
-                ]
-            ),
-        }
-        for n, i in enumerate(chosen)
-    ]
-    if history:
-        conn.execute(insert(HISTORY), history)
-    return len(rows), len(history)
-
-
-def _write_scores(conn: Connection, ids: list[str], risks: np.ndarray) -> None:
-    """One UPDATE of `customer_features.risk` from a temporary table of the scores."""
-    SCORES.drop(conn, checkfirst=True)
-    SCORES.create(conn)
-    try:
-        conn.execute(
-            insert(SCORES),
-            [{"customer_id": i, "risk": float(r)} for i, r in zip(ids, risks, strict=True)],
+    for n, i in enumerate(chosen):
+        reasons[i] = json.dumps(
+            [
+                [INPUTS[k], round(float(raw[i, k]), 4), round(float(push), 4)]
+                for k, push in zip(order[n], pushes[n], strict=True)
+            ]
         )
+    scores = (
+        (
+            row[0],
+            float(risks[i]),
+            str(band[i]),
+            None if np.isnan(previous[i]) else float(previous[i]),
+            reasons[i],
+        )
+        for i, row in enumerate(rows)
+    )
+    with scores_table(conn):
+        bulk_insert(conn, SCORES, [column.name for column in SCORES.c], scores)
         conn.execute(
             update(FEATURES)
             .where(FEATURES.c.customer_id == SCORES.c.customer_id)
             .values(risk=SCORES.c.risk)
         )
+        stored = conn.execute(
+            insert(HISTORY).from_select(
+                ["customer_id", "as_of", "risk", "band", "previous", "model_id", "reasons"],
+                select(
+                    SCORES.c.customer_id,
+                    literal(as_of, HISTORY.c.as_of.type),
+                    SCORES.c.risk,
+                    SCORES.c.band,
+                    SCORES.c.previous,
+                    literal(model_id),
+                    SCORES.c.reasons,
+                ).where(SCORES.c.reasons.is_not(None)),
+            )
+        ).rowcount
+    return len(rows), stored
+
+
+@contextmanager
+def scores_table(conn: Connection) -> Iterator[None]:
+    """The temporary table of one run's scores, created empty and dropped after."""
+    SCORES.drop(conn, checkfirst=True)
+    SCORES.create(conn)
+    try:
+        yield
     finally:
         SCORES.drop(conn, checkfirst=True)
