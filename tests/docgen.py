@@ -197,6 +197,6 @@ def policy_keys(section: str) -> str:
 
 def _inline(value: Any) -> str:
     """A default as YAML's flow style writes it, on one line."""
-    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix(
-        "\n..."
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
     )
