@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -103,7 +103,8 @@ def rows(count: int, synthetic: bool = False) -> list[dict]:
          "body_mime": mime_body(text, html, f"case:{n + 1}:{stage}"),
          "rendered_at": datetime(2025, 3, 10, 6, tzinfo=UTC),
          "message_id_header": message_id_for(f"case:{n + 1}:{stage}", "example.com"),
-         "customer_name": f"Customer {n}", "attempts": 1}
+         "customer_name": f"Customer {n}", "attempts": 1,
+         "link_expires_on": AS_OF + timedelta(days=60)}
         for n, (stage, subject, text, html) in enumerate(content)
     ]  # fmt: skip
 
@@ -148,7 +149,8 @@ def seed(engine: Engine, messages: list[dict]) -> None:
             {k: v for k, v in row.items() if k in message_columns} | {"attempts": 0}
             for row in messages])  # fmt: skip
         conn.execute(insert(MessageContent.__table__), [  # as render stores them
-            {"message_id": row["id"], "body_mime": row["body_mime"]}
+            {"message_id": row["id"], "body_mime": row["body_mime"],
+             "link_expires_on": row["link_expires_on"]}
             for row in messages])  # fmt: skip
         conn.execute(insert(MessageItem.__table__), [
             {"message_id": n + 1, "invoice_id": f"INV-{n}", "currency": "EUR",
@@ -260,6 +262,8 @@ def main() -> None:
             smtp_port=port,
             smtp_concurrency=args.concurrency,
             outbox=Path(folder) / "outbox",
+            link_secret="bench-link-secret-0123456789",  # delivery signs the one-click URL
+            public_url="https://answers.example.com",
         )
         messages = rows(args.messages, args.synthetic)
         composer = Composer(settings)

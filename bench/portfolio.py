@@ -117,6 +117,7 @@ def run(customers: int, invoices: int, database_url: str | None, workdir: Path) 
     """Generate, import, run one day, measure the floor; the database's tables are recreated."""
     from collectflow.flows.cases.pauses import review_pauses
     from collectflow.flows.config import Settings
+    from collectflow.flows.feedback.message_links import message_links
     from collectflow.flows.ledger.csv_import import import_ledger
     from collectflow.flows.ledger.demo import write_demo_ledger
     from collectflow.flows.measure.experiments import assign_stage_experiments
@@ -132,8 +133,14 @@ def run(customers: int, invoices: int, database_url: str | None, workdir: Path) 
 
     as_of = date.today()
     url = database_url or f"sqlite:///{workdir / 'collectflow.db'}"
-    settings = Settings(database_url=url, outbox=workdir / "outbox")
+    settings = Settings(
+        database_url=url,
+        outbox=workdir / "outbox",
+        link_secret="bench-link-secret-0123456789",  # answer links are signed as in a run
+        public_url="https://answers.example.com",
+    )
     policy = load_policy(settings.policy)
+    links = message_links(settings)
     engine = make_engine(url)
     drop_db(engine)
     init_db(engine)
@@ -160,7 +167,7 @@ def run(customers: int, invoices: int, database_url: str | None, workdir: Path) 
         with result.phase("render"):
             catalog = TemplateCatalog(settings.templates, policy.templates() | {"escalation"})
             with engine.begin() as conn:
-                rendered = render_planned(conn, catalog, policy, as_of)
+                rendered = render_planned(conn, catalog, policy, as_of, links=links)
         result.counts["rendered"] = rendered
         with result.phase("floor_sql"), engine.connect() as conn:
             result.counts["floor_sql_customers"] = floor_sql(conn, as_of)

@@ -107,7 +107,9 @@ def mark_dispute(invoice_id: Text, operator: Operator, reason: Text) -> dict[str
 
     def dispute(ctx: RunContext, conn: Connection, today: date) -> ActionResult:
         result = disputes.mark_dispute(conn, invoice_id, operator, reason, today)
-        render_planned(conn, ctx.catalog, ctx.policy, today, domain=ctx.message_domain)
+        render_planned(
+            conn, ctx.catalog, ctx.policy, today, links=ctx.links, domain=ctx.message_domain
+        )
         return result
 
     return run_action(dispute)
@@ -200,7 +202,9 @@ def resend_message(
 
     def resend(ctx: RunContext, conn: Connection, today: date) -> ActionResult:
         result = casework.resend_message(conn, message_id, operator, note, today)
-        render_planned(conn, ctx.catalog, ctx.policy, today, domain=ctx.message_domain)
+        render_planned(
+            conn, ctx.catalog, ctx.policy, today, links=ctx.links, domain=ctx.message_domain
+        )
         return result
 
     return run_action(resend)

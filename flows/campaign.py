@@ -40,6 +40,7 @@ from sqlalchemy import (
 from collectflow.flows.cases.lifecycle import DISPUTED as DISPUTED_STATE
 from collectflow.flows.cases.lifecycle import PAUSED, PROMISED, WRITTEN_OFF
 from collectflow.flows.config import Settings, get_settings
+from collectflow.flows.feedback.message_links import message_links
 from collectflow.flows.ledger import refresh_balances
 from collectflow.flows.mail import mime_parts, plan_messages, sender_domain
 from collectflow.flows.measure import Arms, record_assignments
@@ -386,13 +387,16 @@ def run_campaign(
     """Plan, assign, render; then roll back (dry run) or commit and deliver."""
     policy = load_policy(settings.policy)
     catalog = campaign_catalog(settings, policy, spec)
+    links = message_links(settings)  # no secret or public URL: stop before planning
     engine = make_engine(settings.database_url)
     init_db(engine)
     try:
         with engine.connect() as conn:
             transaction = conn.begin()
             planned = plan_campaign(conn, policy, spec, as_of)
-            render_planned(conn, catalog, policy, as_of, domain=sender_domain(settings))
+            render_planned(
+                conn, catalog, policy, as_of, links=links, domain=sender_domain(settings)
+            )
             result = preview(conn, spec, as_of, dry_run, planned, sample_size)
             result.excluded = excluded_counts(conn, spec, as_of)
             if dry_run:

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     smtp_from: str = "Accounts Receivable <billing@example.com>"
     reply_to: str | None = None
     unsubscribe_mailto: str | None = None
+    # Retired (the one-click URL is the customer page's, below): set, delivery refuses to start
+    # and says so (mail.compose.refuse_retired_settings), rather than ignore them silently.
     unsubscribe_url: str | None = None
     unsubscribe_secret: SecretStr | None = None
 

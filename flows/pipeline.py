@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from collectflow.flows.cases import HandoffReport, deliver_handoffs, review_pauses
 from collectflow.flows.config import Settings
 from collectflow.flows.feedback.claims import review_claims
+from collectflow.flows.feedback.message_links import MessageLinks, message_links
 from collectflow.flows.mail import sender_domain
 from collectflow.flows.measure import assign_stage_experiments
 from collectflow.flows.policy import Policy, load_policy
@@ -64,11 +65,13 @@ RUNS = RunRecord.__table__
 
 @dataclass
 class RunContext:
-    """What every step needs: settings, policy, templates, the database, dry-run or not."""
+    """What every step needs: settings, policy, templates, the answer links' signer, the
+    database, dry-run or not."""
 
     settings: Settings
     policy: Policy
     catalog: TemplateCatalog
+    links: MessageLinks
     engine: Engine
     dry_run: bool = False
     shared: Connection | None = field(default=None, repr=False)
@@ -96,21 +99,25 @@ def open_run(
     """Load policy and templates, connect, and for a dry run hold one transaction to discard.
 
     Without a `notifier`, operator alerts wait (unsent, not marked sent) for a run that has one.
+    Without a link secret or a public URL the run stops here (ConfigError): every customer
+    message carries a signed answer link.
     """
     policy = load_policy(settings.policy)
     catalog = load_catalog(settings.templates, policy)  # a broken template fails here
+    links = message_links(settings)
     engine = make_engine(settings.database_url)
     init_db(engine)
     try:
         if not dry_run:
-            yield RunContext(settings, policy, catalog, engine, notifier=notifier)
+            yield RunContext(settings, policy, catalog, links, engine, notifier=notifier)
             return
         with engine.connect() as conn:
             transaction = conn.begin()
             try:
                 yield RunContext(
-                    settings, policy, catalog, engine, dry_run=True, shared=conn, notifier=notifier
-                )
+                    settings, policy, catalog, links, engine, dry_run=True, shared=conn,
+                    notifier=notifier,
+                )  # fmt: skip
             finally:
                 transaction.rollback()
     finally:
@@ -282,7 +289,9 @@ def handoff_step(ctx: RunContext, as_of: date) -> HandoffReport:
 def render_step(ctx: RunContext, as_of: date) -> int:
     """Render every planned message not rendered yet."""
     with ctx.connection() as conn:
-        return render_planned(conn, ctx.catalog, ctx.policy, as_of, domain=ctx.message_domain)
+        return render_planned(
+            conn, ctx.catalog, ctx.policy, as_of, links=ctx.links, domain=ctx.message_domain
+        )
 
 
 def deliver_step(ctx: RunContext, as_of: date) -> DeliveryReport:

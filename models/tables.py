@@ -65,6 +65,9 @@ class Invoice(SQLModel, table=True):
     amount: Decimal = Field(sa_column=money_column())
     currency: str = Field(max_length=3)
     status: str = Field(default="open", max_length=16, description="open|paid|void|disputed")
+    payment_url: str | None = Field(
+        default=None, sa_type=Text, description="the billing system's own https pay link"
+    )
 
 
 class Payment(SQLModel, table=True):
@@ -268,6 +271,9 @@ class MessageContent(SQLModel, table=True):
 
     message_id: int = Field(foreign_key="messages.id", primary_key=True)
     body_mime: str = Field(sa_type=Text)
+    link_expires_on: date | None = Field(
+        default=None, description="last day of the body's answer link (none for internal mail)"
+    )
 
 
 class MessageItem(SQLModel, table=True):

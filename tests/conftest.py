@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from collectflow.flows.config import PROJECT_ROOT, Settings, get_settings, safe_url
+from collectflow.flows.feedback.message_links import MessageLinks, message_links
 from collectflow.flows.policy import Policy, load_policy
 from collectflow.models import drop_db, init_db, make_engine
 
@@ -72,6 +73,23 @@ def nothing_written_into_the_checkout(tmp_path_factory: pytest.TempPathFactory) 
     assert not appeared, f"tests wrote {sorted(appeared)} into the checkout {PROJECT_ROOT}"
 
 
+TEST_LINK_SECRET = "test-link-secret-0123456789abcdef"
+TEST_PUBLIC_URL = "https://answers.example.com"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def answer_links_configured() -> Iterator[None]:
+    """Every customer message carries a signed answer link, and a run without a link secret or
+    a public URL refuses to start: both are set once here for the whole session (a test of
+    their absence removes them with monkeypatch)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLLECTFLOW_LINK_SECRET", TEST_LINK_SECRET)
+        patch.setenv("COLLECTFLOW_PUBLIC_URL", TEST_PUBLIC_URL)
+        get_settings.cache_clear()
+        yield
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness() -> Iterator[None]:
     """One Prefect test server for the whole session (it takes seconds to start)."""
@@ -120,6 +138,12 @@ def settings(
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def links() -> MessageLinks:
+    """The answer links' signer of the session's test settings, for tests that render."""
+    return message_links(get_settings())
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ CUSTOMER_COLUMNS = [
 ]  # fmt: skip
 INVOICE_COLUMNS = [
     "invoice_id", "customer_id", "number", "issued_on", "due_on", "amount", "currency", "status",
+    "payment_url",
 ]  # fmt: skip
 PAYMENT_COLUMNS = [
     "payment_id", "invoice_id", "attempted_at", "amount", "status", "failure_code", "gateway",

@@ -72,7 +72,7 @@ def test_a_policy_without_a_sender_signs_in_the_customers_language(
     sender = Sender(company="Sample Co")
     context = build_context(
         {"stage": "gentle", "case_id": 1}, [], context["customer"], sender, date(2026, 4, 1),
-        language,
+        language, answer_url=context["answer_url"],
     )  # fmt: skip
     message = catalog.render("gentle", language, context)
     assert signed in message.text

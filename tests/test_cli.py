@@ -83,11 +83,16 @@ def test_demo_seeds_runs_and_a_second_demo_sends_nothing(
     assert totals["sent"] > 0
     assert len(totals["segments"]) >= 4
     assert {"pre_due", "gentle", "firm"} <= set(totals["messages"])
+    answers = json.loads(first.stdout)["answers"]  # some customers answer, so the report shows it
+    assert sum(answers.values()) > 0 and set(answers) <= {
+        "already_paid", "payment_failed", "order_problem", "need_time", "unsubscribe"
+    }  # fmt: skip
 
     second = json.loads(
         runner.invoke(app, ["demo", "--customers", "60", "--days", "35", "--json"]).stdout
     )
     assert second["totals"]["sent"] == 0
     assert second["totals"]["nothing_new"] is True
+    assert second["answers"] == {}  # the same answers again are not recorded twice
     with engine.connect() as conn:
         assert unlogged_moves(conn) == [], "every status change is in message_events"

@@ -125,7 +125,10 @@ def _assert_bodies_moved(engine: Engine) -> None:
     columns = {column["name"] for column in inspect(engine).get_columns("messages")}
     assert not {"body_text", "body_html"} & columns
     with engine.connect() as conn:
-        message_id, body_mime = conn.execute(select(MessageContent.__table__)).one()
+        contents = MessageContent.__table__
+        message_id, body_mime = conn.execute(
+            select(contents.c.message_id, contents.c.body_mime)
+        ).one()
     text, html = "Please pay 10.00 EUR.", "<p>Please pay <b>10.00 EUR</b>.</p>"
     assert (message_id, body_mime) == (1, mime_body(text, html, "k1")), "as render builds it"
     assert mime_parts(body_mime) == (text + "\n", html + "\n")

@@ -23,7 +23,7 @@ from collectflow.flows.cli.app import app
 from collectflow.flows.config import Settings, get_settings
 from collectflow.flows.delivery import deliver as deliver_flow
 from collectflow.flows.errors import ConfigError
-from collectflow.flows.mail import Composer, message_id_for, mime_body, unsubscribe_token
+from collectflow.flows.mail import Composer, message_id_for, mime_body
 from collectflow.flows.mail.retry import MAX_ATTEMPTS
 from collectflow.flows.steps import deliver_due
 from collectflow.models import (
@@ -829,36 +829,17 @@ def test_concurrent_deliveries_send_each_message_once(engine: Engine, smtp: Smtp
 # --- headers, TLS and login -----------------------------------------------------------------
 
 
-def test_a_configured_opt_out_url_adds_rfc_8058_one_click_unsubscribe(
-    engine: Engine, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("retired", ["UNSUBSCRIBE_URL", "UNSUBSCRIBE_SECRET"])
+def test_a_retired_opt_out_url_setting_stops_delivery_before_claiming(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch, retired: str
 ) -> None:
-    monkeypatch.setenv(
-        "COLLECTFLOW_UNSUBSCRIBE_URL", "https://pay.example.com/stop/{customer_id}?t={token}"
-    )
-    monkeypatch.setenv("COLLECTFLOW_UNSUBSCRIBE_SECRET", "s3cret")
-    get_settings.cache_clear()
-    overdue_reminder(engine)
-
-    deliver_due(engine, get_settings(), AS_OF)
-
-    [email] = smtp.emails
-    token = unsubscribe_token(get_settings(), "C1")
-    assert email["List-Unsubscribe"] == (
-        "<mailto:unsubscribe@example.com?subject=unsubscribe-C1>, "
-        f"<https://pay.example.com/stop/C1?t={token}>"
-    )
-    assert email["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert len(token) == 32 and token != unsubscribe_token(get_settings(), "C2")
-
-
-def test_an_opt_out_url_with_a_token_but_no_secret_stops_before_claiming(
-    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("COLLECTFLOW_UNSUBSCRIBE_URL", "https://x.example/{customer_id}/{token}")
+    """The one-click URL is the customer page's now (tests/test_paylinks_answer_links.py);
+    the old template's settings are refused by name rather than ignored."""
+    monkeypatch.setenv(f"COLLECTFLOW_{retired}", "https://x.example/{customer_id}/{token}")
     get_settings.cache_clear()
     message_id = overdue_reminder(engine)
 
-    with pytest.raises(ConfigError, match="UNSUBSCRIBE_SECRET"):
+    with pytest.raises(ConfigError, match=f"COLLECTFLOW_{retired}: retired"):
         deliver_due(engine, get_settings(), AS_OF)
     assert message_row(engine, message_id).status == "planned"
 

@@ -28,7 +28,14 @@ hostile_text = st.one_of(
     st.text(min_size=500, max_size=3000),
     st.text(alphabet="aé =?-_\r\n", min_size=900, max_size=3000),
 )
-COMPOSER = Composer(Settings(smtp_from="Accounts <billing@example.com>", reply_to=None))
+COMPOSER = Composer(
+    Settings(
+        smtp_from="Accounts <billing@example.com>",
+        reply_to=None,
+        link_secret="test-link-secret-0123456789abcdef",
+        public_url="https://answers.example.com",
+    )
+)
 WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 
 

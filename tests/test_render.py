@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, insert
 
-from collectflow.flows.config import PROJECT_ROOT
+from collectflow.flows.config import PROJECT_ROOT, get_settings
 from collectflow.flows.errors import TemplateError
+from collectflow.flows.feedback.message_links import message_links
 from collectflow.flows.mail import mime_body
 from collectflow.flows.policy import Policy, Sender
 from collectflow.flows.steps.render import (
@@ -24,6 +25,7 @@ from collectflow.flows.steps.render import (
     load_catalog,
     render_planned,
 )
+from collectflow.flows.steps.render.context import SAMPLE_ANSWER_URL
 from collectflow.models import Case, Customer, Invoice, Message, MessageItem
 from tests.outbox import with_bodies
 
@@ -69,7 +71,9 @@ def context(
     customer = {"customer_id": "C1", "name": name, "email": "ap@acme.example"}
     sender = Sender(name="Claire Martin", title="Accounts Receivable", company="Northwind")
     message = {"stage": "gentle", "case_id": 7}
-    return build_context(message, items or [item()], customer, sender, AS_OF, locale)
+    return build_context(
+        message, items or [item()], customer, sender, AS_OF, locale, answer_url=SAMPLE_ANSWER_URL
+    )
 
 
 def copy_templates(tmp_path: Path) -> Path:
@@ -333,7 +337,9 @@ def ledger(engine: Engine) -> dict[str, int]:
 
 def render_all(engine: Engine, catalog: TemplateCatalog, policy: Policy) -> int:
     with engine.begin() as conn:
-        return render_planned(conn, catalog, policy, AS_OF, batch_size=2)
+        return render_planned(
+            conn, catalog, policy, AS_OF, batch_size=2, links=message_links(get_settings())
+        )
 
 
 def test_render_planned_writes_the_reminder_in_the_customers_language(

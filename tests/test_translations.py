@@ -16,7 +16,11 @@ import pytest
 from collectflow.flows.config import PROJECT_ROOT
 from collectflow.flows.policy import load_policy
 from collectflow.flows.steps.render import INTERNAL_TEMPLATES, TemplateCatalog
-from collectflow.flows.steps.render.context import build_context, sample_contexts
+from collectflow.flows.steps.render.context import (
+    SAMPLE_ANSWER_URL,
+    build_context,
+    sample_contexts,
+)
 
 TEMPLATES = PROJECT_ROOT / "templates"
 CUSTOMER_TEMPLATES = sorted(
@@ -26,8 +30,9 @@ CUSTOMER_TEMPLATES = sorted(
 )
 SHARED = {
     "fr": {"a", "action", "conditions", "message", "minute", "moment", "patience", "question",
-           "total"},
-    "de": {"an", "april", "button", "falls", "in", "link", "minute", "online", "ref", "team"},
+           "solution", "total", "us"},  # "us": of "$US", how Babel writes US dollars in French
+    "de": {"an", "april", "button", "falls", "in", "link", "links", "minute", "online", "ref",
+           "team"},
 }  # fmt: skip
 
 
@@ -63,7 +68,9 @@ def context_words(language: str) -> set[str]:
     """Names, companies and the like come from the data, not the templates."""
     found: set[str] = set()
     for context in sample_contexts(language):
-        found |= words(" ".join(map(str, (context["customer"], context["sender"]))))
+        found |= words(
+            " ".join(map(str, (context["customer"], context["sender"], context["payment"])))
+        )
         found |= {
             invoice["invoice_id"].lower().strip("-0123456789") for invoice in context["invoices"]
         }
@@ -81,6 +88,22 @@ def test_no_english_word_in_a_french_or_german_message(
         assert not leaked, f"{language}/{template}: English words {sorted(leaked)}"
 
 
+@pytest.mark.parametrize("language", ["en", "fr", "de"])
+@pytest.mark.parametrize("template", CUSTOMER_TEMPLATES)
+def test_every_customer_message_invites_an_answer_through_its_link(
+    catalog: TemplateCatalog, template: str, language: str
+) -> None:
+    """The text part carries the answer link as a bare URL on a line of its own (mail clients
+    make it clickable), the HTML part as a link; and no message still asks to be disregarded."""
+    for context in sample_contexts(language):
+        message = catalog.render(template, language, context)
+        assert SAMPLE_ANSWER_URL in message.text.splitlines(), f"{language}/{template}: text"
+        assert f'<a href="{SAMPLE_ANSWER_URL}"' in message.html, f"{language}/{template}: html"
+        assert message.text.count(SAMPLE_ANSWER_URL) == 1
+        for one_way in ("disregard", "ne tenez pas compte", "gegenstandslos", "ignorieren"):
+            assert one_way not in message.text + message.html, f"{language}/{template}"
+
+
 def test_the_signature_of_the_shipped_policy_is_in_the_message_language(
     catalog: TemplateCatalog,
 ) -> None:
@@ -90,7 +113,7 @@ def test_the_signature_of_the_shipped_policy_is_in_the_message_language(
     for language in ("en", "fr", "de"):
         context = build_context(
             {"stage": "gentle", "case_id": 19}, [], sample["customer"], sender,
-            date(2026, 3, 2), language,
+            date(2026, 3, 2), language, answer_url=sample["answer_url"],
         )  # fmt: skip
         signatures[language] = catalog.render("gentle", language, context).text
     assert "Accounts Receivable" in signatures["en"]

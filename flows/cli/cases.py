@@ -7,6 +7,7 @@ exits with code 2 and the reason; nothing is changed.
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -194,6 +195,10 @@ def cell(row: dict[str, Any], key: str, locale: Locale) -> str:
     value = row[key]
     if value is None:
         return ""
+    if key == "detail" and row.get("kind") == "customer_response":
+        from collectflow.flows.feedback.answers import describe
+
+        return describe(json.loads(value))
     if key in MONEY_COLUMNS:
         return format_currency(value, row["currency"], locale=locale)
     return str(value)

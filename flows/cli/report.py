@@ -87,6 +87,10 @@ def print_report(result: Report) -> None:
         out.print(experiment_table(result, experiment))
     if result.portfolio:
         out.print(portfolio_table(result))
+    if result.payments_by_gateway:
+        out.print(gateway_table(result))
+    if result.feedback.answers:
+        out.print(feedback_table(result))
 
 
 def results_table(title: str, dimension: str, rows: list[Figures]) -> Table:
@@ -208,6 +212,40 @@ def portfolio_table(result: Report) -> Table:
             ),
             "-" if row.cei is None else f"{row.cei}%",
         )
+    return table
+
+
+def gateway_table(result: Report) -> Table:
+    """Payments credited to a message, by the gateway that took them (the fallback's effect)."""
+    table = report_table("Payments after a message, by gateway")
+    table.caption = "last touch; none: the payment names no gateway (e.g. a bank transfer)"
+    table.add_column("gateway", overflow="fold")
+    table.add_column("payments", justify="right")
+    table.add_column("messages", justify="right")
+    table.add_column("paid", justify="right", no_wrap=True)
+    for group in result.payments_by_gateway:
+        table.add_row(group.gateway, str(group.payments), str(group.messages), money(group.amounts))
+    return table
+
+
+def feedback_table(result: Report) -> Table:
+    """What customers say: answers per intent, and the response rate per stage."""
+    said = result.feedback
+    median = said.median_hours_to_answer
+    table = report_table(f"What customers say: {said.answers} answer(s)")
+    table.caption = (
+        f"median {'-' if median is None else f'{median:g} h'} to the first answer; stated cause "
+        f"agrees with diagnosis in {percent(said.agreement_share)}"
+    )
+    table.add_column("answer or stage")
+    table.add_column("count", justify="right")
+    table.add_column("response rate", justify="right")
+    for intent, count in said.responses.items():
+        table.add_row(intent, str(count), "")
+    for reason, count in said.reasons.items():
+        table.add_row(f"  order: {reason}", str(count), "")
+    for row in said.by_stage:
+        table.add_row(f"stage {row.key}", f"{row.answered}/{row.sent}", percent(row.rate))
     return table
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from datetime import date, timedelta
 from pathlib import Path
@@ -81,7 +82,10 @@ def run(
         raise BadUsage("--from and --to go together")
     if from_ is not None and as_of is not None:
         raise BadUsage("use either --as-of or --from/--to")
+    from collectflow.flows.feedback.message_links import message_links
+
     load_policy(get_settings().policy)  # a bad policy is refused before any flow starts
+    message_links(get_settings())  # so is a missing link secret or public URL
     if from_ is not None and to is not None:
         days = collections_range(from_, to, dry_run=dry_run, skip_delivery=skip_delivery)
     else:
@@ -99,24 +103,54 @@ def demo(
     """Seed a realistic demo portfolio and run the daily flow on it, up to today.
 
     The portfolio is deterministic for a given date, so running the demo again the same day
-    imports nothing new and sends nothing new.
+    imports nothing new and sends nothing new. Without COLLECTFLOW_LINK_SECRET the answer links
+    are signed with a key the demo keeps beside its outbox; without COLLECTFLOW_PUBLIC_URL they
+    point at the local page (http://127.0.0.1:8080).
     """
     from collectflow.flows.daily import collections_range
+    from collectflow.flows.feedback.demo import simulate_answers
     from collectflow.flows.ledger.csv_import import import_ledger
     from collectflow.flows.ledger.demo import write_demo_ledger
     from collectflow.flows.pipeline import business_today
+    from collectflow.flows.policy.document import load_policy
 
-    settings = get_settings()
+    settings = demo_settings(get_settings())
     today = business_today(settings)
     with tempfile.TemporaryDirectory(prefix="collectflow-demo-") as folder:
         write_demo_ledger(Path(folder), today, customers=customers)
         imported = import_ledger(engine_for(settings), Path(folder), settings)
     err.print(f"demo ledger imported into {safe_url(settings.database_url)}: {imported.files}")
     summaries = collections_range(today - timedelta(days=days), today)
+    answers = simulate_answers(engine_for(settings), load_policy(settings.policy), today)
     if as_json:
-        emit_json({"imported": imported.files, "days": summaries, "totals": totals(summaries)})
+        emit_json(
+            {
+                "imported": imported.files,
+                "days": summaries,
+                "totals": totals(summaries),
+                "answers": answers,
+            }
+        )
         return
     print_totals(summaries, settings)
+    if answers:
+        said = ", ".join(f"{count} {intent}" for intent, count in sorted(answers.items()))
+        out.print(f"Simulated customer answers on the answer page: {said}")
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The settings with the demo's link key and local page address where none is configured.
+
+    Set in the environment, as the flows the demo runs read their settings from it."""
+    from collectflow.flows.ledger.demo import DEMO_PUBLIC_URL, demo_link_secret
+
+    if settings.link_secret is None:
+        os.environ["COLLECTFLOW_LINK_SECRET"] = demo_link_secret(settings.outbox.resolve().parent)
+        err.print("answer links signed with the demo's own key (set COLLECTFLOW_LINK_SECRET)")
+    if not settings.public_url:
+        os.environ["COLLECTFLOW_PUBLIC_URL"] = DEMO_PUBLIC_URL
+    get_settings.cache_clear()
+    return get_settings()
 
 
 def totals(days: list[dict[str, Any]]) -> dict[str, Any]:

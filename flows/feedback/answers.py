@@ -377,4 +377,5 @@ def describe(detail: dict[str, Any]) -> str:
     fields = detail.get("fields") or {}
     said = ", ".join(f"{name} {value}" for name, value in sorted(fields.items()))
     invoices = ", ".join(detail.get("invoices") or []) or "no invoice"
-    return f"{detail.get('intent')} on {invoices}" + (f" ({said})" if said else "")
+    via = f" via {detail['source']}" if detail.get("source") else ""
+    return f"{detail.get('intent')} on {invoices}{via}" + (f" ({said})" if said else "")

@@ -20,6 +20,7 @@ from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
@@ -38,6 +39,7 @@ __all__ = ["ImportReport", "import_ledger"]
 
 BATCH_SIZE = 5_000
 MAX_ID_LENGTH = 64
+MAX_URL_LENGTH = 2048  # what browsers and mail clients reliably keep of a link
 MAX_AMOUNT = Decimal(10) ** 14  # stored as 1/10,000 units in a BIGINT (max ~9.2e18)
 YEARS = range(1900, 2200)  # dates outside are typing mistakes (and year 1 or 9999 overflow)
 
@@ -141,6 +143,24 @@ def _email(value: str) -> str:
         validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
         raise _Invalid(f"{value!r} is not an email address: {exc}") from None
+    return value
+
+
+def _https_url(value: str) -> str:
+    """An absolute https URL with a host, no spaces, at most MAX_URL_LENGTH characters: it goes
+    into every email as a link, so anything else is refused rather than sent."""
+    if len(value) > MAX_URL_LENGTH:
+        raise _Invalid(f"{value[:40]!r}... is longer than {MAX_URL_LENGTH} characters")
+    _text(value)
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError as exc:
+        raise _Invalid(f"{value[:80]!r} is not a URL: {exc}") from None
+    if parts.scheme.lower() != "https":
+        raise _Invalid(f"{value[:80]!r} is not an https:// URL")
+    if not host or any(char.isspace() for char in value):
+        raise _Invalid(f"{value[:80]!r} is not a URL (https://host/path, no spaces)")
     return value
 
 
@@ -323,6 +343,7 @@ def _ledger_files(settings: Settings) -> tuple[LedgerFile, ...]:
             CsvColumn("currency", _currency, required=True),
             CsvColumn("number", _text),
             CsvColumn("status", _one_of("open", "paid", "void", "disputed"), default="open"),
+            CsvColumn("payment_url", _https_url),
         ),
         check=_invoice_rules,
         carried="currency",

@@ -7,13 +7,19 @@ overdue. Only what is known today is written: no payment attempt after `today`.
 
 The same seed gives byte-identical files. Rows are written as each customer is generated, so a
 portfolio of a million invoices takes seconds and little memory (the benchmark relies on it).
+
+The demo's messages carry signed answer links like any others: without COLLECTFLOW_LINK_SECRET
+the demo uses a random key of its own, kept in a file beside its outbox (`demo_link_secret`) so
+that a rerun signs with the same key, and the page's local address (`DEMO_PUBLIC_URL`).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import random
+import secrets
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -24,6 +30,26 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from collectflow.flows.errors import BadUsage
+
+DEMO_PUBLIC_URL = "http://127.0.0.1:8080"
+"""Where `collectflow serve` answers by default: the demo's links point there."""
+DEMO_SECRET_FILE = ".collectflow-demo-link-secret"
+
+
+def demo_link_secret(folder: Path) -> str:
+    """The demo's answer-link key: read from `folder`, or made (random, readable by the owner
+    only) on the first demo there. Only for the demo: a production run without
+    COLLECTFLOW_LINK_SECRET refuses to start instead."""
+    path = folder / DEMO_SECRET_FILE
+    if path.exists():
+        return path.read_text(encoding="ascii").strip()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+        handle.write(key + "\n")
+    return key
+
 
 CUSTOMER_COLUMNS = (
     "customer_id",

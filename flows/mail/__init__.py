@@ -22,7 +22,6 @@ from collectflow.flows.mail.compose import (
     mime_parts,
     one_line,
     sender_domain,
-    unsubscribe_token,
 )
 from collectflow.flows.mail.contact import record_opt_out
 from collectflow.flows.mail.outbox import (
@@ -52,5 +51,4 @@ __all__ = [
     "resolve_in_doubt",
     "sender_domain",
     "transport_for",
-    "unsubscribe_token",
 ]

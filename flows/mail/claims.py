@@ -103,6 +103,7 @@ class ClaimStatements:
                 MESSAGES.c.to_address,
                 MESSAGES.c.subject,
                 CONTENTS.c.body_mime,
+                CONTENTS.c.link_expires_on,
                 MESSAGES.c.message_id_header,
                 MESSAGES.c.attempts,
                 CUSTOMERS.c.name.label("customer_name"),

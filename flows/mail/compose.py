@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ import idna
 
 from collectflow.flows.config import Settings
 from collectflow.flows.errors import ConfigError, DeliveryError, NotRendered, UndeliverableMessage
+from collectflow.flows.feedback.message_links import message_links
 
 MAX_LINE = 78  # RFC 5322's recommended header line length
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -120,36 +120,40 @@ def unsubscribe_mailto(settings: Settings, domain: str, customer_id: str) -> str
     return f"<mailto:{mailbox}>"
 
 
-def unsubscribe_token(settings: Settings, customer_id: str) -> str:
-    """A token only Collectflow can compute: an opt-out URL can't be forged for another customer."""
-    if settings.unsubscribe_secret is None:
-        raise ConfigError(
-            "COLLECTFLOW_UNSUBSCRIBE_URL uses {token}: set COLLECTFLOW_UNSUBSCRIBE_SECRET too"
-        )
-    key = settings.unsubscribe_secret.get_secret_value().encode("utf-8")
-    return hmac.new(key, customer_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
-
-
-def unsubscribe_url(settings: Settings, customer_id: str) -> str | None:
-    """The one-click opt-out URL from the `unsubscribe_url` template, or None when unset."""
-    template = settings.unsubscribe_url
-    if not template:
-        return None
-    token = unsubscribe_token(settings, customer_id) if "{token}" in template else ""
-    return template.format(customer_id=quote(customer_id, safe=""), token=token)
-
-
-def list_unsubscribe(settings: Settings, domain: str, customer_id: str) -> dict[str, str]:
-    """List-Unsubscribe (mailto, and the URL when configured) and, with a URL, RFC 8058's
-    List-Unsubscribe-Post, which lets mail clients unsubscribe in one click."""
+def list_unsubscribe(
+    settings: Settings, domain: str, customer_id: str, one_click: str | None
+) -> dict[str, str]:
+    """List-Unsubscribe: the mailto and, when the message has one, its HTTPS one-click URL
+    (the customer page's, `feedback.message_links`) with RFC 8058's List-Unsubscribe-Post,
+    which lets mail clients unsubscribe in one click."""
     mailto = unsubscribe_mailto(settings, domain, customer_id)
-    url = unsubscribe_url(settings, customer_id)
-    if url is None:
+    if one_click is None:
         return {"List-Unsubscribe": mailto}
     return {
-        "List-Unsubscribe": f"{mailto}, <{url}>",
+        "List-Unsubscribe": f"{mailto}, <{one_click}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
+
+
+def refuse_retired_settings(settings: Settings) -> None:
+    """The opt-out URL template of old (`UNSUBSCRIBE_URL`, `UNSUBSCRIBE_SECRET`) is retired:
+    the one-click URL is now each message's signed link under `COLLECTFLOW_PUBLIC_URL`. Set, it
+    would be silently ignored, so it stops delivery with what to do instead."""
+    retired = [
+        name
+        for name, value in (
+            ("COLLECTFLOW_UNSUBSCRIBE_URL", settings.unsubscribe_url),
+            ("COLLECTFLOW_UNSUBSCRIBE_SECRET", settings.unsubscribe_secret),
+        )
+        if value
+    ]
+    if retired:
+        raise ConfigError(
+            f"{' and '.join(retired)}: retired; the one-click opt-out URL is now the customer "
+            "page's ({COLLECTFLOW_PUBLIC_URL}/r/<token>/unsubscribe, signed with "
+            "COLLECTFLOW_LINK_SECRET, served by `collectflow serve`): unset it "
+            '(docs/feedback.md, "Paying and answer links")'
+        )
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,8 @@ class Composer:
 
     def __init__(self, settings: Settings):
         self.domain = sender_domain(settings)
-        unsubscribe_url(settings, "check")  # a {token} without a secret fails here, once
+        refuse_retired_settings(settings)
+        self._links = message_links(settings)  # no link secret or public URL: stop here
         self._settings = settings
         sender = _configured(settings.smtp_from, "COLLECTFLOW_SMTP_FROM")
         self.sender = sender.address
@@ -208,9 +213,11 @@ class Composer:
     def compose(self, row: Mapping[str, Any], earlier: Sequence[str] = ()) -> Email:
         """The email for a rendered message row.
 
-        `row` holds the message's key, kind, customer_id, customer_name, to_address, subject,
-        body_mime (`mime_body`, stored at render) and message_id_header. Internal mail (to
-        a colleague) is addressed to the bare address, never under the customer's name.
+        `row` holds the message's id, key, kind, customer_id, customer_name, to_address,
+        subject, body_mime (`mime_body`, stored at render), link_expires_on (the answer
+        link's, stored at render; none for internal mail) and message_id_header. Internal
+        mail (to a colleague) is addressed to the bare address, never under the customer's
+        name, and has no List-Unsubscribe.
         `earlier` lists the Message-IDs of the case's reminders already sent, oldest first:
         the email replies to the latest and references them all, so mail clients show the
         stages as one conversation.
@@ -228,7 +235,9 @@ class Composer:
             ("Message-ID", message_id),
         ]
         if not internal:
-            unsubscribe = list_unsubscribe(self._settings, self.domain, row["customer_id"])
+            unsubscribe = list_unsubscribe(
+                self._settings, self.domain, row["customer_id"], self._one_click(row)
+            )
             headers += unsubscribe.items()
         thread = [mid for mid in earlier if mid != message_id]
         if thread:
@@ -241,6 +250,13 @@ class Composer:
                 "unencodable", f"message {row['key']}: text that cannot be sent ({exc})"
             ) from exc
         return Email(self.sender, to.address, message_id, data, to.smtputf8)
+
+    def _one_click(self, row: Mapping[str, Any]) -> str | None:
+        """The message's one-click URL: the claims of its answer link, signed again."""
+        expires_on = row.get("link_expires_on")
+        if expires_on is None:  # rendered before answer links existed
+            return None
+        return self._links.one_click_url(row["id"], row["customer_id"], expires_on)
 
 
 def mime_body(text: str | None, html: str | None, key: str) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from collectflow.flows.measure.experiments import Comparison, experiment_results
+from collectflow.flows.measure.feedback import FeedbackFigures, feedback_figures
+from collectflow.flows.measure.gateways import GatewayPayments, payments_by_gateway
 from collectflow.flows.measure.metrics import Figures, breakdown, recovery_curves
 from collectflow.flows.measure.portfolio import Portfolio, portfolio
 from collectflow.flows.policy.document import Policy
@@ -42,6 +44,8 @@ class Report:
     recovery_curves: dict[str, list[float]]
     experiments: list[Comparison]
     portfolio: list[Portfolio]
+    feedback: FeedbackFigures
+    payments_by_gateway: list[GatewayPayments] = field(default_factory=list)
     risk: dict[str, Any] | None = None
     experiments_by_risk: list[Comparison] = field(default_factory=list)
 
@@ -62,6 +66,8 @@ class Report:
             "recovery_curves": self.recovery_curves,
             "experiments": [comparison.to_dict() for comparison in self.experiments],
             "portfolio": [figures.to_dict() for figures in self.portfolio],
+            "feedback": self.feedback.to_dict(),
+            "payments_by_gateway": [group.to_dict() for group in self.payments_by_gateway],
             "risk": self.risk,
             "experiments_by_risk": [row.to_dict() for row in self.experiments_by_risk],
         }
@@ -93,6 +99,8 @@ def effectiveness_report(
             conn, as_of, cure_days, policy.measurement.min_sample, since, until
         ),
         portfolio=portfolio(conn, since or end - timedelta(days=PORTFOLIO_DAYS - 1), end),
+        feedback=feedback_figures(conn, as_of, since, until),
+        payments_by_gateway=payments_by_gateway(conn, as_of, cure_days, since, until),
         risk=latest_risk_model(conn, as_of),
         experiments_by_risk=experiment_results(
             conn, as_of, cure_days, policy.measurement.min_sample, since, until, by_risk=True
@@ -148,4 +156,8 @@ def report_markdown(report: Report) -> str:
             for p in report.portfolio
         ]
         lines.append(f"\nCEI variant: {report.portfolio[0].cei_variant}.")
+    said = report.feedback
+    if said.answers:
+        counts = ", ".join(f"{intent} {n}" for intent, n in said.responses.items())
+        lines += ["", "## What customers say", f"{said.answers} answer(s): {counts}."]
     return "\n".join(lines)

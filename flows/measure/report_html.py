@@ -63,6 +63,10 @@ def render_html(report: Report) -> str:
         experiments_table(report),
         "<h2>Portfolio</h2>",
         portfolio_table(report),
+        "<h2>Payments after a message, by gateway</h2>",
+        gateway_table(report),
+        "<h2>What customers say</h2>",
+        feedback_section(report),
     ]
     parts += ["<h2>Risk score</h2>", *risk_section(report)]
     for name, rows in report.breakdowns.items():
@@ -176,6 +180,48 @@ def experiments_table(report: Report) -> str:
     return table(headers, rows, text=(0, 1, 8, 9)) + note
 
 
+def feedback_section(report: Report) -> str:
+    """Answers by intent, reason and channel; response rate per stage and template; stated
+    against inferred causes."""
+    said = report.feedback
+    if not said.answers:
+        return "<p class='muted'>no customer has answered yet</p>"
+    median = said.median_hours_to_answer
+    summary = (
+        f"<p>{said.answers} answer(s); median time from message to first answer: "
+        f"{'-' if median is None else f'{median:g} h'}; stated cause agrees with diagnosis in "
+        f"{percent(said.agreement_share)} of the answers to a diagnosed message.</p>"
+    )
+    counts = [
+        [dimension, key, count]
+        for dimension, values in (
+            ("intent", said.responses),
+            ("order problem", said.reasons),
+            ("channel", said.sources),
+        )
+        for key, count in values.items()
+    ]
+    rates = [
+        [dimension, row.key, row.sent, row.answered, percent(row.rate)]
+        for dimension, rows in (("stage", said.by_stage), ("template", said.by_template))
+        for row in rows
+    ]
+    agreement = [
+        [row["inferred"] or "-", row["stated"], row["answers"], "yes" if row["agrees"] else "no"]
+        for row in said.agreement
+    ]
+    return "\n".join(
+        [
+            summary,
+            table(["by", "answer", "count"], counts, text=(0, 1)),
+            table(["by", "value", "sent", "answered", "response rate"], rates, text=(0, 1)),
+            table(
+                ["diagnosed cause", "customer said", "answers", "agree"], agreement, text=(0, 1, 3)
+            ),
+        ]
+    )
+
+
 def portfolio_table(report: Report) -> str:
     """DSO, best possible DSO, ADD and CEI per currency over the period."""
     if not report.portfolio:
@@ -201,6 +247,16 @@ def portfolio_table(report: Report) -> str:
     period = f"<p class='muted'>{first.since} to {first.until} ({first.days} days)</p>"
     variant = f"<p class='muted'>CEI variant: {escape(first.cei_variant)}.</p>"
     return period + table(headers, rows) + variant
+
+
+def gateway_table(report: Report) -> str:
+    """Payments credited to a message (last touch), by the gateway that took them."""
+    rows = [
+        [group.gateway, group.payments, group.messages, amounts(group.amounts)]
+        for group in report.payments_by_gateway
+    ]
+    note = "<p class='muted'>none: the payment names no gateway (e.g. a bank transfer).</p>"
+    return table(["gateway", "payments", "messages", "paid"], rows) + (note if rows else "")
 
 
 def risk_section(report: Report) -> list[str]:

@@ -4,7 +4,7 @@
 and `load_policy`; each other module is one section: `cases.py` (pauses: promises to pay),
 `contact.py` (quiet hours, the message cap), `diagnosis.py` (failure classes, causes, outage
 thresholds), `measurement.py` (cure window, experiment sample size), `feedback.py` (answer links and
-what the customer's answers may do).
+what the customer's answers may do), `gateways.py` (where customers pay, in order).
 """
 
 from collectflow.flows.policy.cases import Pauses
@@ -21,6 +21,7 @@ from collectflow.flows.policy.document import (
     load_policy,
 )
 from collectflow.flows.policy.feedback import Feedback
+from collectflow.flows.policy.gateways import Gateway
 
 __all__ = [
     "CAUSES",
@@ -30,6 +31,7 @@ __all__ = [
     "Diagnosis",
     "Escalation",
     "Feedback",
+    "Gateway",
     "Ladder",
     "Outage",
     "Pauses",

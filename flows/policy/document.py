@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from string import Formatter
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -22,6 +21,7 @@ from collectflow.flows.policy.cases import Pauses
 from collectflow.flows.policy.contact import Contact
 from collectflow.flows.policy.diagnosis import Diagnosis, Outage
 from collectflow.flows.policy.feedback import Feedback
+from collectflow.flows.policy.gateways import Gateway, check_url_template, default_gateway
 from collectflow.flows.policy.measurement import Measurement
 from collectflow.flows.policy.risk import Risk
 from collectflow.flows.policy.types import Days, OffsetDays, PositiveDays
@@ -55,7 +55,6 @@ FEATURES: dict[str, str] = {
 }
 OPERATORS = ("gte", "gt", "lte", "lt", "eq", "ne")
 STEPS = ("operator_queue", "account_manager", "suspension", "agency", "write_off")
-PAYMENT_URL_PLACEHOLDERS = {"invoice_id"}
 StepName = Literal["operator_queue", "account_manager", "suspension", "agency", "write_off"]
 
 PACING_DEFAULTS: dict[str, int] = {"firm": 7, "final": 10}
@@ -211,15 +210,7 @@ class Sender(_Strict):
     @field_validator("payment_url")
     @classmethod
     def _known_placeholders(cls, value: str) -> str:
-        try:
-            fields = {name for _, name, _, _ in Formatter().parse(value) if name is not None}
-        except ValueError as exc:
-            raise ValueError(f"{value!r}: {exc} (write a literal brace as {{{{ or }}}})") from None
-        unknown = fields - PAYMENT_URL_PLACEHOLDERS
-        if unknown:
-            names = ", ".join(f"{{{name}}}" for name in sorted(unknown))
-            raise ValueError(f"unknown placeholder {names} (the only one is {{invoice_id}})")
-        return value
+        return check_url_template(value)
 
     def name_in(self, language: str) -> str:
         """The signature's name in `language`: `names`, else `name` as given, else the
@@ -246,10 +237,16 @@ class Policy(_Strict):
     contact: Contact = Contact()
     measurement: Measurement = Measurement()
     feedback: Feedback = Feedback()
+    gateways: list[Gateway] = Field(
+        default_factory=list,
+        description="where customers pay, in order of preference (default: one gateway, "
+        "`sender.payment_url`)",
+    )
     risk: Risk = Risk()
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
+        self._check_gateways()
         names = [segment.name for segment in self.segments]
         if len(names) != len(set(names)):
             raise ValueError("segment names must be unique")
@@ -265,6 +262,20 @@ class Policy(_Strict):
                 "lands in a segment"
             )
         return self
+
+    def _check_gateways(self) -> None:
+        names = [gateway.name for gateway in self.gateways]
+        if len(names) != len(set(names)):
+            raise ValueError("gateways: each gateway's name must be unique")
+        if self.gateways and "payment_url" in self.sender.model_fields_set:
+            raise ValueError(
+                "sender.payment_url and gateways are both set: a policy with gateways lists "
+                "every pay link there (move sender.payment_url into gateways)"
+            )
+
+    def payment_gateways(self) -> list[Gateway]:
+        """The gateways in order of preference: `gateways`, else `sender.payment_url` alone."""
+        return list(self.gateways) or [default_gateway(self.sender.payment_url)]
 
     def segment(self, name: str) -> Segment:
         return next(segment for segment in self.segments if segment.name == name)

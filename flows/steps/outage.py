@@ -9,7 +9,9 @@ operators are alerted once per window through the `Notifier` the caller gives (t
 flows give one that publishes a markdown artifact and emails `outage.ops_email`, flows/alerts.py);
 when it closes, each affected open case gets
 one "please retry, sorry for the trouble" message (template `diagnosis.templates.outage`), which
-replaces any other reminder of that case planned the same day.
+replaces any other reminder of that case planned the same day. It names the way to pay: the
+gateway its links use, the first of the policy's not down that day (flows/ledger/paylinks.py),
+which also moves every message's links to the next gateway while a window is open.
 """
 
 from __future__ import annotations

@@ -8,7 +8,11 @@ never do arithmetic or formatting):
     case_id: int
     invoices: list of {invoice_id, number (number, else invoice_id), issued_on, due_on
               (long dates), amount, owed (currency amounts), currency, days_overdue (int,
-              <= 0 means not yet due), payment_url}, oldest due first
+              <= 0 means not yet due), payment_url (today's pay link: the invoice's own
+              from the ledger, else the offered gateway's)}, oldest due first
+    payment: {label, fallback}: the gateway the links without a ledger URL use, as
+             customers know it (empty when no link uses a named gateway), and whether it
+             stands in for the preferred one, down today (flows/ledger/paylinks.py)
     totals: list of formatted totals, one per currency (e.g. ["1 234,56 €", "50,00 $US"])
     total: the totals joined with " + "
     max_days_overdue: int
@@ -18,6 +22,10 @@ never do arithmetic or formatting):
              first; filled for internal messages only (empty for reminders)
     reminded: bool              # an earlier reminder of the case was sent: "despite our
                                 # reminder" is true (false when the ladder entered by age)
+    answer_url: the message's signed link to the customer page, where the customer says
+                they paid, reports a problem or asks for time (flows/feedback/
+                message_links.py); absent from internal messages, which go to colleagues,
+                so a customer template rendered without one fails instead of linking nowhere
 
 Money and dates are formatted in the message's locale when its templates are in that language
 (`fr_CA` gets Canadian French figures with the `fr` templates); when the templates fell back to
@@ -34,13 +42,14 @@ from datetime import date, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote
 
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
 from babel.numbers import format_currency
 
+from collectflow.flows.ledger.paylinks import PayOffer, pay_link
 from collectflow.flows.policy.document import Sender
+from collectflow.flows.policy.gateways import Gateway, default_gateway
 
 FALLBACK_LOCALE = "en"
 CONTEXT_KEYS = frozenset(
@@ -56,6 +65,8 @@ CONTEXT_KEYS = frozenset(
         "today",
         "history",
         "reminded",
+        "payment",
+        "answer_url",
     }
 )
 
@@ -69,20 +80,26 @@ def build_context(
     locale: str,
     history: Sequence[Mapping[str, Any]] = (),
     reminded: bool = False,
+    *,
+    offer: PayOffer | None = None,
+    answer_url: str | None = None,
 ) -> dict[str, Any]:
     """The template context (see the module docstring) for one message.
 
     `message` needs `stage` and `case_id`; each item `invoice_id, number, issued_on, due_on,
-    amount, owed, currency`; `history` rows `stage, sent_on`. `locale` is the Babel locale
-    for money and dates (an unknown one formats as en).
+    amount, owed, currency` and optionally the ledger's `payment_url`; `history` rows
+    `stage, sent_on`. `locale` is the Babel locale for money and dates (an unknown one
+    formats as en). `offer` is the day's gateway (default: `sender.payment_url`'s).
     """
     babel_locale = babel_locale_for(locale)
-    invoices = [_invoice(item, sender, as_of, babel_locale) for item in items]
+    offer = offer or PayOffer(default_gateway(sender.payment_url))
+    invoices = [_invoice(item, offer.gateway, as_of, babel_locale) for item in items]
+    offered = any(invoice["payment_gateway"] == offer.gateway.name for invoice in invoices)
     owed: dict[str, Decimal] = defaultdict(Decimal)
     for item in items:
         owed[item["currency"]] += item["owed"]
     totals = [_money(owed[code], code, babel_locale) for code in sorted(owed)]
-    return {
+    context = {
         "customer": {key: customer[key] for key in ("customer_id", "name", "email")},
         "stage": message["stage"],
         "case_id": message["case_id"],
@@ -101,12 +118,20 @@ def build_context(
             for row in history
         ],
         "reminded": reminded,
+        "payment": {
+            "label": offer.gateway.shown_as if offered else "",
+            "fallback": offer.fallback and offered,
+        },
     }
+    if answer_url is not None:
+        context["answer_url"] = answer_url
+    return context
 
 
 def _invoice(
-    item: Mapping[str, Any], sender: Sender, as_of: date, locale: Locale
+    item: Mapping[str, Any], gateway: Gateway, as_of: date, locale: Locale
 ) -> dict[str, Any]:
+    link = pay_link(item["invoice_id"], item.get("payment_url"), gateway)
     return {
         "invoice_id": item["invoice_id"],
         "number": item["number"] or item["invoice_id"],
@@ -116,7 +141,8 @@ def _invoice(
         "owed": _money(item["owed"], item["currency"], locale),
         "currency": item["currency"],
         "days_overdue": (as_of - item["due_on"]).days,
-        "payment_url": sender.payment_url.format(invoice_id=quote(item["invoice_id"], safe="")),
+        "payment_url": link.url,
+        "payment_gateway": link.gateway,
     }
 
 
@@ -162,13 +188,23 @@ def locale_chain(locale: str) -> list[str]:
 _SAMPLE_AS_OF = date(2025, 3, 31)
 
 
+SAMPLE_ANSWER_URL = "https://answers.example.com/r/sample-token"
+SAMPLE_FALLBACK = PayOffer(
+    Gateway(name="backup", url="https://backup.example.com/{invoice_id}", label="PayBackup"),
+    fallback=True,
+)
+
+
 def sample_contexts(locale: str) -> list[dict[str, Any]]:
     """Contexts that exercise every branch a template may take: several invoices in two
-    currencies (one overdue, one not yet due) with a titled sender and a history, and a single
-    invoice not yet due with an untitled sender and no history."""
+    currencies (one overdue with the ledger's own pay link, one not yet due), offered by a
+    backup gateway standing in for the preferred one, with a titled sender and a history; and a
+    single invoice not yet due with the default gateway, an untitled sender and no history.
+    Both carry an answer link (SAMPLE_ANSWER_URL)."""
     customer = {"customer_id": "C-1001", "name": "Sample Customer Ltd", "email": "ap@example.com"}
     message = {"stage": "sample", "case_id": 1}
     overdue = _sample_item("INV-1", "2025-0001", due_days_ago=21, amount="1234.56", currency="EUR")
+    overdue["payment_url"] = "https://billing.example.com/pay/INV-1"
     upcoming = _sample_item("INV-2", None, due_days_ago=-3, amount="50", currency="USD")
     history = [{"stage": "gentle", "sent_on": _SAMPLE_AS_OF - timedelta(days=14)}]
     titled = Sender(
@@ -178,10 +214,15 @@ def sample_contexts(locale: str) -> list[dict[str, Any]]:
         company="Sample Co",
     )
     both = [overdue, upcoming]
-    return [
-        build_context(message, both, customer, titled, _SAMPLE_AS_OF, locale, history, True),
-        build_context(message, [upcoming], customer, Sender(), _SAMPLE_AS_OF, locale),
-    ]
+    answer = SAMPLE_ANSWER_URL
+    full = build_context(
+        message, both, customer, titled, _SAMPLE_AS_OF, locale, history, True,
+        offer=SAMPLE_FALLBACK, answer_url=answer,
+    )  # fmt: skip
+    plain = build_context(
+        message, [upcoming], customer, Sender(), _SAMPLE_AS_OF, locale, answer_url=answer
+    )
+    return [full, plain]
 
 
 def _sample_item(
