@@ -64,6 +64,8 @@ from collectflow.models import (
 )
 from collectflow.models.money import from_units
 
+BEHAVIOUR = [name for name in FEATURES if name != "risk"]
+"""The features both sides derive from the ledger (risk is the risk step's score)."""
 RATIO_TARGET = 50.0
 SET_BASED = ("assess", "plan")  # the decisions the loop makes too; render is reported aside
 ZERO = from_units(0)  # 0.0000, as the Money column returns it
@@ -142,6 +144,7 @@ class OrmLoop:
         self.input_until = as_of - timedelta(days=1)
         self.window_start = as_of - timedelta(days=policy.features.window_days)
         self.failed_since = as_of - timedelta(days=policy.features.failed_payment_days)
+        self.late_days = policy.risk.late_days
         self.failure_classes = policy.diagnosis.failure_classes()
 
     def decide(self, customer_id: str) -> Decision:
@@ -266,6 +269,8 @@ class OrmLoop:
             "failed_customer_30d": classes.count("customer"),
             "broken_promises": sum(window_start < e.on <= as_of for e in broken),
             "failed_order_30d": classes.count("order"),
+            "very_late_ratio": sum(d > self.late_days for d in late) / len(late) if late else None,
+            "risk": None,  # a model's score (the risk step), not a behaviour: compared apart
         }
         if values.keys() != FEATURES.keys():  # a new feature must be added here, not skipped
             raise RuntimeError(f"features differ from FEATURES: {values.keys() ^ FEATURES.keys()}")
@@ -402,7 +407,7 @@ def compare(url: str, as_of: date, decisions: list[Decision], show: int) -> Agre
                 sql_features = {name: getattr(stored, name) for name in FEATURES} if stored else {}
                 differing = [
                     name
-                    for name in FEATURES
+                    for name in BEHAVIOUR
                     if not _same(decision.features[name], sql_features.get(name))
                 ]
                 agreement.customers += 1
@@ -422,7 +427,7 @@ def compare(url: str, as_of: date, decisions: list[Decision], show: int) -> Agre
                                     "orm": _plain(decision.features[name]),
                                     "sql": _plain(sql_features.get(name)),
                                 }
-                                for name in FEATURES
+                                for name in BEHAVIOUR
                             },
                         }
                     )

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic_core import to_jsonable_python
 
 from collectflow.flows.alerts import OperatorAlerts
-from collectflow.flows.cases import QUEUE_ARTIFACT_COLUMNS, operator_queue
+from collectflow.flows.cases import CALL_LIST_COLUMNS, QUEUE_ARTIFACT_COLUMNS, operator_queue
 from collectflow.flows.config import get_settings
 from collectflow.flows.errors import BadUsage
 from collectflow.flows.pipeline import RunContext, business_today, open_run, run_day
@@ -76,15 +76,27 @@ def collections_range(
 
 
 def publish_queue(ctx: RunContext, as_of: date) -> None:
-    """Publish the operator queue as a table artifact: case, reason, age, claim (no names)."""
+    """Publish the operator queue, the most at stake first, as a table artifact, and the day's
+    call list (its first `risk.call_list` cases): case, reason, money at stake, claim (no
+    names: artifacts are not for personal data)."""
     with ctx.connection() as conn:
-        items = operator_queue(conn, as_of)
+        items = operator_queue(conn, as_of, ctx.policy.risk)
     create_table_artifact(
         key="operator-queue",
         table=to_jsonable_python(
             [{column: item[column] for column in QUEUE_ARTIFACT_COLUMNS} for item in items]
         ),
-        description=f"Operator queue on {as_of}: {len(items)} item(s) needing a person",
+        description=f"Operator queue on {as_of}: {len(items)} item(s) needing a person, "
+        "the most at stake first (expected loss = overdue x risk x age factor)",
+    )
+    calls = [item for item in items if item["case_id"] is not None][: ctx.policy.risk.call_list]
+    create_table_artifact(
+        key="call-list",
+        table=to_jsonable_python(
+            [{column: item[column] for column in CALL_LIST_COLUMNS} for item in calls]
+        ),
+        description=f"Call list on {as_of}: the {len(calls)} case(s) to phone first, by "
+        "expected loss",
     )
 
 

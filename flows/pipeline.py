@@ -41,7 +41,6 @@ from collectflow.flows.steps import (
     PlanReport,
     TemplateCatalog,
     alert_operators,
-    assess,
     contact,
     deliver_due,
     diagnose,
@@ -54,6 +53,8 @@ from collectflow.flows.steps import (
     skipped_day,
     summarize_day,
 )
+from collectflow.flows.steps.assess import measure_behaviour, segment_customers
+from collectflow.flows.steps.risk import RiskReport, score_risk
 from collectflow.models import Message, RunRecord, init_db, make_engine
 
 T = TypeVar("T")
@@ -147,7 +148,9 @@ def run_day(
         return skipped_day(as_of, latest, ctx.dry_run)
     first_new_id = call(next_message_id, ctx)
     call(prepare_step, ctx, as_of)  # ladders and business calendar as tables
-    assessed = call(assess_step, ctx, as_of)  # 1 balances, features, segments
+    call(assess_step, ctx, as_of)  # 1 balances, behaviour features
+    call(risk_step, ctx, as_of)  #   risk: fitted on the ledger's history, scored, stored
+    assessed = call(segment_step, ctx, as_of)  #   segments (their rules may read risk)
     call(diagnose_step, ctx, as_of)  # 2 outages, cause of each owed invoice, refunds
     if not ctx.dry_run:
         call(alert_step, ctx, as_of)  #   operators told of new outages
@@ -214,10 +217,23 @@ def prepare_step(ctx: RunContext, as_of: date) -> None:
         prepare(conn, ctx.policy, as_of)
 
 
-def assess_step(ctx: RunContext, as_of: date) -> AssessReport:
-    """Balances, behaviour features and segments as of the date."""
+def assess_step(ctx: RunContext, as_of: date) -> int:
+    """Balances and behaviour features as of the date; returns the invoices still owing."""
     with ctx.connection() as conn:
-        return assess(conn, ctx.policy, as_of)
+        return measure_behaviour(conn, ctx.policy, as_of)
+
+
+def risk_step(ctx: RunContext, as_of: date) -> RiskReport:
+    """Each customer's risk of paying late, from a model fitted on the ledger's own history
+    (before segmenting, so that segment rules can read it)."""
+    with ctx.connection() as conn:
+        return score_risk(conn, ctx.policy, as_of)
+
+
+def segment_step(ctx: RunContext, as_of: date) -> AssessReport:
+    """Segments from the day's features and risk; moves kept in segment_history."""
+    with ctx.connection() as conn:
+        return segment_customers(conn, ctx.policy, as_of)
 
 
 def diagnose_step(ctx: RunContext, as_of: date) -> DiagnosisReport:

@@ -3,6 +3,7 @@
 from collectflow.models.db import drop_db, init_db, make_engine
 from collectflow.models.money import Money, MoneyPrecisionError
 from collectflow.models.sql import (
+    bulk_insert,
     days_between,
     in_ids,
     insert_ignoring_conflicts,
@@ -19,6 +20,7 @@ from collectflow.models.tables import (
     Customer,
     CustomerAnswer,
     CustomerFeatures,
+    CustomerRisk,
     Dispute,
     EscalationStep,
     InboundMail,
@@ -35,6 +37,7 @@ from collectflow.models.tables import (
     PaymentAttribution,
     Promise,
     QueueItem,
+    RiskModelRecord,
     RunRecord,
     SegmentChange,
 )
@@ -49,6 +52,7 @@ __all__ = [
     "Customer",
     "CustomerAnswer",
     "CustomerFeatures",
+    "CustomerRisk",
     "Dispute",
     "EscalationStep",
     "InboundMail",
@@ -67,8 +71,10 @@ __all__ = [
     "PaymentAttribution",
     "Promise",
     "QueueItem",
+    "RiskModelRecord",
     "RunRecord",
     "SegmentChange",
+    "bulk_insert",
     "days_between",
     "drop_db",
     "in_ids",

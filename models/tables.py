@@ -130,6 +130,8 @@ class CustomerFeatures(SQLModel, table=True):
     failed_customer_30d: int = 0
     broken_promises: int = 0
     failed_order_30d: int = 0
+    very_late_ratio: float | None = None
+    risk: float | None = Field(default=None, description="set by the risk step, before segments")
 
 
 class SegmentChange(SQLModel, table=True):
@@ -580,3 +582,38 @@ class InboundMail(SQLModel, table=True):
     queue_item_id: int | None = Field(default=None, foreign_key="queue_items.id")
     excerpt: str | None = Field(default=None, sa_type=Text, description="its first lines")
     detail: str | None = Field(default=None, sa_type=Text, description="JSON: how it was read")
+
+
+class RiskModelRecord(SQLModel, table=True):
+    """The risk model of one run: fitted on the ledger's history, or the policy's prior
+    scorecard when history was short; with how it did on the last held-out months."""
+
+    __tablename__ = "risk_models"
+
+    id: int | None = Field(default=None, primary_key=True)
+    as_of: date = Field(index=True)
+    kind: str = Field(max_length=16, description="fitted|prior")
+    examples: int = Field(description="labelled invoices it learnt from")
+    late_days: int
+    model: str = Field(sa_type=Text, description="JSON: intercept, inputs with weight and scale")
+    evaluation: str | None = Field(
+        default=None, sa_type=Text, description="JSON: held-out AUC, Spearman, deciles"
+    )
+    note: str | None = None
+
+
+class CustomerRisk(SQLModel, table=True):
+    """History of risk scores: a row when a customer is first scored, and each time its risk
+    moves by `risk.history_step` or more, or into another band (like segment_history)."""
+
+    __tablename__ = "customer_risk"
+    __table_args__ = (Index("ix_customer_risk_customer", "customer_id", "as_of"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(max_length=64)
+    as_of: date
+    risk: float
+    band: str = Field(max_length=8, description="low|medium|high")
+    previous: float | None = None
+    model_id: int = Field(foreign_key="risk_models.id")
+    reasons: str = Field(sa_type=Text, description="JSON: [[input, value, contribution], ...]")

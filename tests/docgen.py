@@ -195,3 +195,32 @@ def reply_rules() -> str:
         for language, found in DEFAULT_OUT_OF_OFFICE.items()
     ]
     return "\n".join(rows) + "\n\nOut-of-office subjects:\n\n" + "\n".join(subjects) + "\n"
+
+
+# The policy ----------------------------------------------------------------------------------
+
+
+def policy_keys(section: str) -> str:
+    """docs/policy.md: one policy section's keys, defaults and meanings, from its model."""
+    from pydantic import BaseModel
+
+    from collectflow.flows.policy.document import Policy
+
+    model = Policy.model_fields[section].annotation
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for name, field in model.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        elif isinstance(default, list):
+            default = [item.model_dump(mode="json") for item in default]
+        shown = "none" if default is None else f"`{_inline(default)}`"
+        rows.append(f"| `{name}` | {shown} | {field.description or ''} |")
+    return "\n".join(rows) + "\n"
+
+
+def _inline(value: Any) -> str:
+    """A default as YAML's flow style writes it, on one line."""
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
+    )

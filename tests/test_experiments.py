@@ -160,3 +160,52 @@ def test_a_stage_experiment_assigns_on_plan_and_the_ladder_moves_the_same_for_ev
     firm_days = {row.planned_on for row in rows if row.stage == "firm"}
     assert {row.customer_id for row in rows if row.stage == "firm"} == set(customers)
     assert firm_days == {due + timedelta(days=14)}
+
+
+def test_arms_are_compared_within_the_risk_band_each_customer_had_when_planned(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """V0-V2 and H0-H2 were high risk when the message was planned, the others low; V0 turned
+    low only later. In the variant V0-V3 pay within 14 days, in the holdout H0."""
+    from collectflow.models import CustomerRisk, RiskModelRecord
+
+    due, planned = date(2026, 3, 1), date(2026, 3, 4)
+    ledger = Ledger()
+    for arm in ("V", "H"):
+        for n in range(6):
+            ledger.customer(f"{arm}{n}")
+            ledger.invoice(f"I-{arm}{n}", f"{arm}{n}", due)
+    for customer in ("V0", "V1", "V2", "V3", "H0"):
+        ledger.payment(f"P-{customer}", f"I-{customer}", planned + timedelta(days=5))
+    ledger.load(engine, tmp_path / "ledger", settings)
+    with engine.begin() as conn:
+        model = conn.execute(
+            RiskModelRecord.__table__.insert()
+            .values(as_of=due, kind="prior", examples=0, late_days=10, model="{}")
+            .returning(RiskModelRecord.__table__.c.id)
+        ).scalar_one()
+        history = [
+            {"customer_id": f"{arm}{n}", "as_of": due, "risk": 0.8 if n < 3 else 0.1,
+             "band": "high" if n < 3 else "low", "model_id": model, "reasons": "[]"}
+            for arm in ("V", "H") for n in range(6)
+        ] + [{"customer_id": "V0", "as_of": planned + timedelta(days=1), "risk": 0.1,
+              "band": "low", "model_id": model, "reasons": "[]"}]  # fmt: skip
+        conn.execute(CustomerRisk.__table__.insert(), history)
+        for arm, variant, status in (("V", "gentle", "sent"), ("H", HOLDOUT, "suppressed")):
+            for n in range(6):
+                customer = f"{arm}{n}"
+                sent_message(
+                    conn, open_case(conn, customer, due), customer, "gentle", planned,
+                    [f"I-{customer}"], status=status, experiment="standard.gentle",
+                    variant=variant,
+                )  # fmt: skip
+        results = experiment_results(
+            conn, date(2026, 4, 1), cure_days=14, min_sample=2, by_risk=True
+        )
+
+    by_band = {row.risk_band: row for row in results}
+    assert set(by_band) == {"high", "low"}
+    high, low = by_band["high"], by_band["low"]
+    assert (high.messages, high.cured, high.holdout_messages, high.holdout_cured) == (3, 3, 3, 1)
+    assert (low.messages, low.cured, low.holdout_messages, low.holdout_cured) == (3, 1, 3, 0)
+    assert high.to_dict()["risk_band"] == "high"

@@ -100,3 +100,27 @@ def test_riskier_segments_really_paid_later_afterwards(
         for segment, values in later_days_late(rows, segments).items()
     }  # not only later on average: late more often
     assert [share_late[s] for s in ranked] == sorted(share_late[s] for s in ranked), share_late
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} is absent (shared data not mounted)")
+def test_the_risk_score_ranks_later_lateness_at_least_as_well_as_the_late_share(
+    engine: Engine, settings: Settings, policy: Policy, tmp_path: Path
+) -> None:
+    """`collectflow risk --evaluate` on the sample: at each cut, fitted on what was known
+    then, the score's AUC on the invoices due in the next 90 days is within 0.01 of the bare
+    late share's or above it, and better on average; its Spearman (customers, vs their mean
+    days late) as good on average. docs/decisions.md has the figures."""
+    from collectflow.flows.measure.risk import evaluate_history
+
+    ledger, _ = receivables_ledger(REAL / "WA_Fn-UseC_-Accounts-Receivable.csv")
+    ledger.load(engine, tmp_path / "ledger", settings)
+
+    cuts = evaluate_history(engine, policy, date(2014, 6, 1))["cuts"]
+
+    assert len(cuts) == 4 and all(cut["model"] == "fitted" for cut in cuts), cuts
+    score = [cut["score"] for cut in cuts]
+    base = [cut["baseline"] for cut in cuts]
+    assert all(s["auc"] >= b["auc"] - 0.01 for s, b in zip(score, base, strict=True)), cuts
+    assert mean(s["auc"] for s in score) > mean(b["auc"] for b in base) + 0.005, cuts
+    assert mean(s["spearman"] for s in score) >= mean(b["spearman"] for b in base), cuts
+    assert min(s["auc"] for s in score) > 0.8, cuts

@@ -7,7 +7,12 @@ operator actions; `casebook.py` the read-only views (a case's story, the queue);
 the escalation steps past the queue (suspension, agency, write-off).
 """
 
-from collectflow.flows.cases.casebook import QUEUE_ARTIFACT_COLUMNS, case_story, operator_queue
+from collectflow.flows.cases.casebook import (
+    CALL_LIST_COLUMNS,
+    QUEUE_ARTIFACT_COLUMNS,
+    case_story,
+    operator_queue,
+)
 from collectflow.flows.cases.casework import (
     ActionResult,
     close_case,
@@ -25,6 +30,7 @@ from collectflow.flows.cases.promises import record_promise
 from collectflow.flows.cases.queue import claim_item, complete_item, queue_cases, queue_invoices
 
 __all__ = [
+    "CALL_LIST_COLUMNS",
     "QUEUE_ARTIFACT_COLUMNS",
     "STATES",
     "ActionResult",

@@ -11,9 +11,10 @@ from __future__ import annotations
 import typer
 
 from collectflow.flows.cli import cases, delivery, inbox, report, run, segments, serve
+from collectflow.flows.cli import risk as risk_commands
 
 # in the order `--help` lists them
-COMMAND_MODULES = (run, cases, delivery, inbox, report, segments, serve)
+COMMAND_MODULES = (run, cases, delivery, inbox, report, segments, risk_commands, serve)
 
 app = typer.Typer(
     name="collectflow",

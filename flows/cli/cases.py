@@ -42,34 +42,60 @@ DayOption = Annotated[date, typer.Option(formats=["%Y-%m-%d"])]
 
 @queue_app.callback()
 @handles_errors
-def queue(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """List the operator queue: reason, age and who claimed each item."""
+def queue(
+    ctx: typer.Context,
+    top: Annotated[
+        int | None,
+        typer.Option("--top", min=1, help="Only the first N: the cases to phone first."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the operator queue, the most at stake first: expected loss = overdue x risk x age
+    factor (docs/risk.md), with the reason, who claimed each item and why it ranks there."""
     if ctx.invoked_subcommand is not None:
         return
     from collectflow.flows.cases.casebook import operator_queue
     from collectflow.flows.pipeline import business_today
+    from collectflow.flows.policy.document import load_policy
 
     settings = get_settings()
+    policy = load_policy(settings.policy)
     with engine_for(settings).connect() as conn:
-        items = operator_queue(conn, business_today(settings))
+        items = operator_queue(conn, business_today(settings), policy.risk, top)
     if as_json:
         emit_json({"items": items})
         return
     table = Table(
-        "item", "case", "customer", "reason", "since", "age", "claimed by", "detail", title="Queue"
-    )
+        "#", "item", "case", "customer", "overdue", "days", "risk", "at stake", "reason",
+        "claimed by", title="Queue, the most at stake first",
+    )  # fmt: skip
     for item in items:
         table.add_row(
+            str(item["rank"] or "-"),
             str(item["id"]),
             str(item["case_id"] or ""),
-            f"{item['name']} ({item['customer_id']})",
+            f"{item['customer_name']} ({item['customer_id']})",
+            _amount(item, "overdue"),
+            "" if item["days_overdue"] is None else f"{item['days_overdue']} d",
+            "" if item["risk"] is None else f"{item['risk']:.2f}",
+            _amount(item, "expected_loss"),
             item["reason"],
-            str(item["created_on"]),
-            f"{item['age_days']} d",
             item["claimed_by"] or "",
-            item["detail"] or "",  # e.g. a reply's suggested intent and first lines
         )
     out.print(table if items else "the queue is empty")
+    for item in items:
+        out.print(f"item {item['id']}: {item['why']}", highlight=False)
+        if item["detail"]:  # e.g. a reply's suggested intent and first lines, to confirm
+            out.print(f"  {item['detail']}", highlight=False)
+
+
+def _amount(item: dict[str, Any], key: str) -> str:
+    """An item's money in its currency, as its customer's emails write it."""
+    from collectflow.flows.cases.stake import money
+
+    if item[key] is None:
+        return ""
+    return money(item[key], item["currency"], item["locale"])
 
 
 @queue_app.command("claim")
@@ -101,11 +127,13 @@ def case_command(case_id: int, as_json: JsonOption = False) -> None:
     """One case's story: segment, invoices, payments, messages, promises, disputes, events."""
     from collectflow.flows.cases.casebook import case_story
     from collectflow.flows.pipeline import business_today
+    from collectflow.flows.policy.document import load_policy
     from collectflow.flows.steps.render.context import babel_locale_for
 
     settings = get_settings()
+    policy = load_policy(settings.policy)
     with engine_for(settings).connect() as conn:
-        story = case_story(conn, case_id, business_today(settings))
+        story = case_story(conn, case_id, business_today(settings), policy.risk)
     if as_json:
         emit_json(story)
         return
@@ -116,6 +144,7 @@ def case_command(case_id: int, as_json: JsonOption = False) -> None:
         f"ladder {case['ladder']}, stage {case['stage'] or '-'}"
     )
     out.print(f"cause: {story['cause'] or 'not diagnosed yet'}", highlight=False)
+    print_stake(story["stake"], customer["locale"] or "en")
     if case["paused_until"]:
         out.print(f"paused until {case['paused_until']}, then back to {case['resume_status']}")
     locale = babel_locale_for(customer["locale"] or "en")
@@ -127,6 +156,27 @@ def case_command(case_id: int, as_json: JsonOption = False) -> None:
         for row in rows:
             table.add_row(*(cell(row, key, locale) for key in keys))
         out.print(table)
+
+
+def print_stake(stake: dict[str, Any], locale: str) -> None:
+    """Risk with its reasons, the money at stake, and where the case ranks in the queue."""
+    from collectflow.flows.cases.stake import money
+
+    if stake["risk"] is not None:
+        reasons = ", ".join(
+            f"{r['feature']} {r['value']:g} ({r['contribution']:+.2f})" for r in stake["reasons"]
+        )
+        out.print(f"risk {stake['risk']:.2f} ({stake['band']}): {reasons}", highlight=False)
+    for line in stake["overdue"]:
+        loss = line["expected_loss"]
+        out.print(
+            f"overdue {money(line['overdue'], line['currency'], locale)}, "
+            f"{line['days_overdue']} days; expected loss "
+            f"{'-' if loss is None else money(loss, line['currency'], locale)}",
+            highlight=False,
+        )
+    for item in stake["queue"]:
+        out.print(f"queue item {item['id']} ({item['reason']}): {item['why']}", highlight=False)
 
 
 def segment_text(at_opening: str | None, customer: dict[str, Any]) -> str:

@@ -44,18 +44,22 @@ def settling(payments: FromClause = PAYMENTS) -> ColumnElement[bool]:
     return payments.c.status.in_(SETTLING)
 
 
-def settled_amount(payments: FromClause = PAYMENTS) -> ColumnElement[Any]:
+def settled_amount(
+    payments: FromClause = PAYMENTS, among: ColumnElement[bool] | None = None
+) -> ColumnElement[Any]:
     """What is settled on an invoice: its succeeded payments less its refunds (0 for none).
 
     The one place the rule is written; an aggregate, so each caller picks the payments (its
     invoice or customer, up to a date) in its own WHERE, with `settling` to let an index on
-    the status help.
+    the status help; `among` narrows it further inside the aggregate (paid by a deadline).
     """
     signed = case(
         (payments.c.status == "succeeded", payments.c.amount),
         (payments.c.status == "refunded", -payments.c.amount),
         else_=ZERO,
     )
+    if among is not None:
+        signed = case((among, signed), else_=ZERO)
     return type_coerce(func.coalesce(func.sum(signed), ZERO), Money)
 
 
@@ -86,25 +90,65 @@ def invoice_positions(as_of: date, invoices: Select[Any] | None = None) -> Subqu
     """
     totals = payment_totals(as_of, invoices)
     chosen = [] if invoices is None else [INVOICES.c.invoice_id.in_(invoices)]
-    owed_by_payments = INVOICES.c.amount - func.coalesce(totals.c.settled, ZERO)
-    trusted_settled = INVOICES.c.status.in_(("paid", "void"))
-    owed = type_coerce(case((trusted_settled, ZERO), else_=owed_by_payments), Money)
     return (
-        select(
-            INVOICES.c.invoice_id,
-            INVOICES.c.customer_id,
-            INVOICES.c.issued_on,
-            INVOICES.c.due_on,
-            INVOICES.c.currency,
-            INVOICES.c.status,
-            INVOICES.c.amount,
-            owed.label("owed"),
-            totals.c.last_paid_on,
-        )
+        select(*_position_columns(totals))
         .select_from(INVOICES.outerjoin(totals, totals.c.invoice_id == INVOICES.c.invoice_id))
         .where(INVOICES.c.issued_on <= as_of, *chosen)
         .subquery("positions")
     )
+
+
+def invoice_positions_at(cuts: FromClause) -> Subquery:
+    """`invoice_positions` of many dates in one statement: for each row (customer_id, cut) of
+    `cuts`, that customer's invoices issued by `cut`, what was owed on each and when it was
+    last paid, counting the payments attempted by `cut` only; a `cut` column says which."""
+    issued = and_(INVOICES.c.customer_id == cuts.c.customer_id, INVOICES.c.issued_on <= cuts.c.cut)
+    succeeded = PAYMENTS.c.status == "succeeded"
+    totals = (
+        select(
+            cuts.c.customer_id,
+            cuts.c.cut,
+            PAYMENTS.c.invoice_id,
+            settled_amount().label("settled"),
+            func.max(PAYMENTS.c.attempted_on).filter(succeeded).label("last_paid_on"),
+        )
+        .select_from(
+            cuts.join(INVOICES, issued).join(
+                PAYMENTS, PAYMENTS.c.invoice_id == INVOICES.c.invoice_id
+            )
+        )
+        .where(PAYMENTS.c.attempted_on <= cuts.c.cut, settling())
+        .group_by(cuts.c.customer_id, cuts.c.cut, PAYMENTS.c.invoice_id)
+        .subquery("payment_totals_at")
+    )
+    same_cut = and_(
+        totals.c.invoice_id == INVOICES.c.invoice_id,
+        totals.c.customer_id == cuts.c.customer_id,
+        totals.c.cut == cuts.c.cut,
+    )
+    return (
+        select(*_position_columns(totals), cuts.c.cut)
+        .select_from(cuts.join(INVOICES, issued).outerjoin(totals, same_cut))
+        .subquery("positions_at")
+    )
+
+
+def _position_columns(totals: Subquery) -> list[ColumnElement[Any]]:
+    """An invoice's position given its payment totals: the one rule of what is owed."""
+    owed_by_payments = INVOICES.c.amount - func.coalesce(totals.c.settled, ZERO)
+    trusted_settled = INVOICES.c.status.in_(("paid", "void"))
+    owed = type_coerce(case((trusted_settled, ZERO), else_=owed_by_payments), Money)
+    return [
+        INVOICES.c.invoice_id,
+        INVOICES.c.customer_id,
+        INVOICES.c.issued_on,
+        INVOICES.c.due_on,
+        INVOICES.c.currency,
+        INVOICES.c.status,
+        INVOICES.c.amount,
+        owed.label("owed"),
+        totals.c.last_paid_on,
+    ]
 
 
 def refresh_balances(conn: Connection, as_of: date) -> int:

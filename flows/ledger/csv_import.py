@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from collectflow.flows.config import Settings
 from collectflow.flows.errors import ConfigError, ImportRejected
+from collectflow.flows.ledger.balances import refresh_statistics
 from collectflow.models.money import SCALE
 from collectflow.models.tables import Customer, Invoice, Payment
 
@@ -381,6 +382,8 @@ def import_ledger(engine: Engine, directory: Path, settings: Settings) -> Import
     with engine.begin() as conn:
         warnings = _validate(conn, directory, files)
         counts = {spec.name: _write(conn, spec, directory / spec.name) for spec in files}
+        for spec in files:  # the next run plans its joins on what was just loaded
+            refresh_statistics(conn, spec.table.name)
     return ImportReport(files=counts, warnings=warnings)
 
 

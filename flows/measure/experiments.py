@@ -25,15 +25,17 @@ from datetime import UTC, date, datetime
 from statistics import NormalDist
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, func, literal, select, tuple_, update
+from sqlalchemy.sql.expression import ColumnElement
 
 from collectflow.flows.mail.outbox import move
 from collectflow.flows.measure.metrics import message_cures, ratio
 from collectflow.flows.policy.document import Policy
-from collectflow.models import Case, Message, days_between
+from collectflow.models import Case, CustomerRisk, Message, days_between
 
 MESSAGES = Message.__table__
 CASES = Case.__table__
+HISTORY = CustomerRisk.__table__
 
 HOLDOUT = "holdout"
 Z95 = NormalDist().inv_cdf(0.975)
@@ -200,6 +202,7 @@ class Comparison:
     holdout_messages: int
     holdout_cured: int
     min_sample: int
+    risk_band: str | None = None  # with `by_risk`: the customers' band when the message was planned
 
     @property
     def cure_rate(self) -> float | None:
@@ -255,7 +258,7 @@ class Comparison:
             "ci_method": None if interval is None else interval.method,
             "verdict": self.verdict,
             "min_sample": self.min_sample,
-        }
+        } | ({"risk_band": self.risk_band} if self.risk_band else {})
 
 
 def experiment_results(
@@ -265,10 +268,14 @@ def experiment_results(
     min_sample: int,
     since: date | None = None,
     until: date | None = None,
+    by_risk: bool = False,
 ) -> list[Comparison]:
     """Each arm's cure rate within `cure_days` against its experiment's holdout.
 
     Counts assigned messages planned in [since, until] whose cure window has closed by `as_of`.
+    With `by_risk`, each arm and its holdout are compared within each risk band the customers
+    were in when the message was planned (`customer_risk`, the last row on or before that
+    day; `unscored` before any): does a variant work for the risky, or only for the safe?
     """
     cures = message_cures(cure_days, MESSAGES.c.planned_on)
     window = [
@@ -279,27 +286,44 @@ def experiment_results(
         window.append(MESSAGES.c.planned_on >= since)
     if until:
         window.append(MESSAGES.c.planned_on <= until)
+    band = (risk_band_then() if by_risk else literal("")).label("band")
     rows = conn.execute(
         select(
             MESSAGES.c.experiment,
+            band,
             MESSAGES.c.variant,
             func.count(),
             func.sum(func.coalesce(cures.c.cured, 0)),
         )
         .select_from(MESSAGES.outerjoin(cures, cures.c.message_id == MESSAGES.c.id))
         .where(and_(*window))
-        .group_by(MESSAGES.c.experiment, MESSAGES.c.variant)
-        .order_by(MESSAGES.c.experiment, MESSAGES.c.variant)
+        .group_by(MESSAGES.c.experiment, band, MESSAGES.c.variant)
+        .order_by(MESSAGES.c.experiment, band, MESSAGES.c.variant)
     ).all()
-    arms: dict[str, dict[str, tuple[int, int]]] = {}
-    for experiment, variant, count, cured in rows:
-        arms.setdefault(experiment, {})[variant] = (int(count), int(cured or 0))
+    arms: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+    for experiment, group, variant, count, cured in rows:
+        arms.setdefault((experiment, group), {})[variant] = (int(count), int(cured or 0))
     comparisons = []
-    for experiment, groups in arms.items():
+    for (experiment, group), groups in arms.items():
         held, held_cured = groups.get(HOLDOUT, (0, 0))
         comparisons += [
-            Comparison(experiment, variant, n, cured, held, held_cured, min_sample)
+            Comparison(experiment, variant, n, cured, held, held_cured, min_sample, group or None)
             for variant, (n, cured) in groups.items()
             if variant != HOLDOUT
         ]
     return comparisons
+
+
+def risk_band_then() -> ColumnElement[str]:
+    """The message's customer's risk band on the day it was planned (or `unscored`)."""
+    latest = (
+        select(HISTORY.c.band)
+        .where(
+            HISTORY.c.customer_id == MESSAGES.c.customer_id,
+            HISTORY.c.as_of <= MESSAGES.c.planned_on,
+        )
+        .order_by(HISTORY.c.as_of.desc(), HISTORY.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return func.coalesce(latest, "unscored")

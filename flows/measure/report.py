@@ -7,11 +7,12 @@ are in docs/metrics.md.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from collectflow.flows.measure.experiments import Comparison, experiment_results
 from collectflow.flows.measure.feedback import FeedbackFigures, feedback_figures
@@ -19,6 +20,9 @@ from collectflow.flows.measure.gateways import GatewayPayments, payments_by_gate
 from collectflow.flows.measure.metrics import Figures, breakdown, recovery_curves
 from collectflow.flows.measure.portfolio import Portfolio, portfolio
 from collectflow.flows.policy.document import Policy
+from collectflow.models import RiskModelRecord
+
+MODELS = RiskModelRecord.__table__
 
 BREAKDOWNS = ("template", "variant", "segment", "cause", "month", "kind")
 PORTFOLIO_DAYS = 90
@@ -42,6 +46,8 @@ class Report:
     portfolio: list[Portfolio]
     feedback: FeedbackFigures
     payments_by_gateway: list[GatewayPayments] = field(default_factory=list)
+    risk: dict[str, Any] | None = None
+    experiments_by_risk: list[Comparison] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +68,8 @@ class Report:
             "portfolio": [figures.to_dict() for figures in self.portfolio],
             "feedback": self.feedback.to_dict(),
             "payments_by_gateway": [group.to_dict() for group in self.payments_by_gateway],
+            "risk": self.risk,
+            "experiments_by_risk": [row.to_dict() for row in self.experiments_by_risk],
         }
 
 
@@ -93,7 +101,29 @@ def effectiveness_report(
         portfolio=portfolio(conn, since or end - timedelta(days=PORTFOLIO_DAYS - 1), end),
         feedback=feedback_figures(conn, as_of, since, until),
         payments_by_gateway=payments_by_gateway(conn, as_of, cure_days, since, until),
+        risk=latest_risk_model(conn, as_of),
+        experiments_by_risk=experiment_results(
+            conn, as_of, cure_days, policy.measurement.min_sample, since, until, by_risk=True
+        ),
     )
+
+
+def latest_risk_model(conn: Connection, as_of: date) -> dict[str, Any] | None:
+    """The risk model of the latest run on or before `as_of`: what it is and how it did on
+    the last held-out months (the calibration the HTML report plots)."""
+    record = conn.execute(
+        select(MODELS).where(MODELS.c.as_of <= as_of).order_by(MODELS.c.id.desc()).limit(1)
+    ).first()
+    if record is None:
+        return None
+    return {
+        "as_of": record.as_of.isoformat(),
+        "kind": record.kind,
+        "note": record.note,
+        "examples": record.examples,
+        "late_days": record.late_days,
+        "check": json.loads(record.evaluation) if record.evaluation else None,
+    }
 
 
 def report_markdown(report: Report) -> str:

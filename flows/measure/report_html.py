@@ -68,6 +68,7 @@ def render_html(report: Report) -> str:
         "<h2>What customers say</h2>",
         feedback_section(report),
     ]
+    parts += ["<h2>Risk score</h2>", *risk_section(report)]
     for name, rows in report.breakdowns.items():
         parts += [f"<h2>By {escape(name)}</h2>", figures_table(name, rows)]
     parts.append("</body></html>")
@@ -258,6 +259,66 @@ def gateway_table(report: Report) -> str:
     return table(["gateway", "payments", "messages", "paid"], rows) + (note if rows else "")
 
 
+def risk_section(report: Report) -> list[str]:
+    """The model of the latest run, its ranking on the last held-out months, the reliability
+    plot, and the experiments compared within each risk band."""
+    risk = report.risk
+    if risk is None:
+        return ["<p class='muted'>No risk score yet: the daily run scores customers.</p>"]
+    made = (
+        f"fitted on {risk['examples']} labelled invoices"
+        if risk["kind"] == "fitted"
+        else escape(risk["note"] or "the prior scorecard")
+    )
+    parts = [
+        f"<p>Risk: the probability that a customer's next invoices are paid more than "
+        f"{risk['late_days']} days late. The run of {risk['as_of']} used a model {made}.</p>"
+    ]
+    check = risk["check"] or {}
+    if check.get("invoices"):
+        model = "fitted" if check["kind"] == "fitted" else "the prior scorecard"
+        parts.append(
+            f"<p>Held-out check: the {check['invoices']} invoices due {check['due_from']} to "
+            f"{check['due_until']}, scored by a model ({model}, {check['trained_on']} "
+            f"invoices) that knew only what was known on {check['fitted_on']}: "
+            f"AUC {_figure(check['auc'])}, Spearman of risk vs days late "
+            f"{_figure(check['spearman'])}; {percent(check['late_share'])} were late.</p>"
+        )
+        parts.append(figure("Reliability: predicted vs observed late share, per decile",
+                            reliability_chart(check["deciles"])))  # fmt: skip
+    else:
+        parts.append("<p class='muted'>Not enough history yet for a held-out check.</p>")
+    parts += ["<h3>Experiments by risk band</h3>", experiments_by_risk_table(report)]
+    return parts
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def experiments_by_risk_table(report: Report) -> str:
+    """Each arm against its holdout within each band of customers (risk when planned)."""
+    headers = [
+        "experiment", "risk band", "arm", "messages", "cure rate", "holdout messages",
+        "holdout cure rate", "uplift", "verdict",
+    ]  # fmt: skip
+    rows = [
+        [
+            row.experiment,
+            row.risk_band,
+            row.variant,
+            row.messages,
+            percent(row.cure_rate),
+            row.holdout_messages,
+            percent(row.holdout_rate),
+            "-" if row.uplift is None else f"{row.uplift:+.1%}",
+            row.verdict,
+        ]
+        for row in report.experiments_by_risk
+    ]
+    return table(headers, rows, text=(0, 1, 2, 8))
+
+
 # Charts ----------------------------------------------------------------------------------------
 
 
@@ -420,3 +481,36 @@ def bar(x: float, slot: float, arm: str, cured: int, n: int, index: int) -> list
         f"<text x='{centre:.1f}' y='{HEIGHT - BOTTOM + 14}' text-anchor='middle'>"
         f"{escape(arm)} ({n})</text>",
     ]
+
+
+def reliability_chart(deciles: list[dict]) -> str:
+    """Observed against predicted late share, one point per decile (its size: invoices), on
+    0-100% axes with the diagonal a calibrated model would follow."""
+    if not deciles:
+        return empty_chart()
+    side = HEIGHT - TOP - BOTTOM
+    parts = [f"<rect x='0' y='0' width='{WIDTH}' height='{HEIGHT}' fill='white'/>"]
+    for tick in range(0, 101, 25):
+        x, y = LEFT + tick / 100 * side, y_of(tick / 100)
+        parts.append(
+            f"<line x1='{LEFT}' x2='{LEFT + side}' y1='{y:.1f}' y2='{y:.1f}' stroke='#eee'/>"
+            f"<text x='{LEFT - 6}' y='{y + 4:.1f}' text-anchor='end'>{tick}%</text>"
+            f"<text x='{x:.1f}' y='{HEIGHT - BOTTOM + 16}' text-anchor='middle'>{tick}%</text>"
+        )
+    parts.append(
+        f"<line x1='{LEFT}' y1='{y_of(0):.1f}' x2='{LEFT + side}' y2='{y_of(1):.1f}' "
+        "stroke='#999' stroke-dasharray='4 3'/>"
+        f"<text x='{LEFT + side / 2}' y='{HEIGHT - 4}' text-anchor='middle' class='axis'>"
+        "predicted risk (mean of the decile)</text>"
+        f"<text x='{LEFT + side + 12}' y='{TOP + 12}' class='axis'>observed late share</text>"
+    )
+    largest = max(row["invoices"] for row in deciles)
+    for row in deciles:
+        x, y = LEFT + row["predicted"] * side, y_of(row["observed"])
+        radius = 3 + 4 * (row["invoices"] / largest) ** 0.5
+        parts.append(
+            f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{radius:.1f}' fill='{COLOURS[0]}'>"
+            f"<title>predicted {row['predicted']:.1%}, observed {row['observed']:.1%}, "
+            f"{row['invoices']} invoices</title></circle>"
+        )
+    return svg(parts)

@@ -22,7 +22,13 @@ from collectflow.flows.errors import UnknownCustomer
 from collectflow.flows.ledger.balances import refresh_balances
 from collectflow.flows.policy.document import FEATURES as FEATURE_DOCS
 from collectflow.flows.policy.document import Policy, condition_matches
-from collectflow.flows.steps.assess import compute_features, rule_features, segment_expression
+from collectflow.flows.steps.assess import (
+    compute_features,
+    reads_risk,
+    rule_features,
+    segment_expression,
+)
+from collectflow.flows.steps.risk import score_risk
 from collectflow.models import Customer, CustomerFeatures, SegmentChange
 
 CUSTOMERS = Customer.__table__
@@ -68,6 +74,8 @@ def segments_as_of(
     with discarded(engine) as conn:
         refresh_balances(conn, as_of)
         compute_features(conn, policy, as_of)
+        if reads_risk(policy) or (other is not None and reads_risk(other)):
+            score_risk(conn, policy, as_of)  # as the daily run does before segmenting
         view = SegmentView(as_of=as_of, segments=segment_table(conn, policy))
         if other is not None:
             view.what_if = what_if(conn, policy, other)

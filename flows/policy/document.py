@@ -24,6 +24,7 @@ from collectflow.flows.policy.feedback import Feedback
 from collectflow.flows.policy.gateways import Gateway, check_url_template, default_gateway
 from collectflow.flows.policy.measurement import Measurement
 from collectflow.flows.policy.replies import Replies
+from collectflow.flows.policy.risk import Risk
 from collectflow.flows.policy.types import Days, OffsetDays, PositiveDays
 
 FEATURES: dict[str, str] = {
@@ -48,6 +49,10 @@ FEATURES: dict[str, str] = {
     "broken_promises": "promises to pay broken in the trailing window (count)",
     "failed_order_30d": "of failed_payments_30d, those failing for an order reason "
     "(product not received, subscription canceled) (count)",
+    "very_late_ratio": "paid invoices paid more than risk.late_days days after their due date "
+    "/ paid invoices (0-1; empty when nothing was paid yet)",
+    "risk": "probability (0-1) that the customer's next invoices are paid more than "
+    "risk.late_days late, scored by the run before segmenting (docs/risk.md; empty: not scored)",
 }
 OPERATORS = ("gte", "gt", "lte", "lt", "eq", "ne")
 STEPS = ("operator_queue", "account_manager", "suspension", "agency", "write_off")
@@ -239,6 +244,7 @@ class Policy(_Strict):
         "`sender.payment_url`)",
     )
     replies: Replies = Replies()
+    risk: Risk = Risk()
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:

@@ -4,7 +4,8 @@ Each step is plain functions over a database connection, the policy and the as-o
 Prefect flows wrap them as tasks. One module (or small package) per step:
 
 - `prepare.py`: the policy's ladders and the business calendar, as tables.
-- `assess.py`: balances, behaviour features and segments.
+- `assess.py`: balances and behaviour features; then, after the risk step, segments.
+- `risk/`: each customer's risk of paying late, fitted on the ledger's own history.
 - `diagnose.py`: gateway outages (`outage.py`), the cause of each owed invoice, refunds due.
 - pauses: promises kept or broken, pauses ended (flows/cases/pauses.py).
 - `plan.py`: cases opened and resolved, the stage due, messages with the cause's template.

@@ -30,11 +30,12 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.sql.expression import ColumnElement, Subquery
+from sqlalchemy.sql.expression import ColumnElement, FromClause, Select, Subquery
 
 from collectflow.flows.ledger.balances import (
     ZERO,
     invoice_positions,
+    invoice_positions_at,
     refresh_balances,
     refresh_statistics,
 )
@@ -47,6 +48,7 @@ from collectflow.models import (
     CustomerFeatures,
     Dispute,
     Invoice,
+    InvoiceBalance,
     Payment,
     SegmentChange,
     days_between,
@@ -61,6 +63,7 @@ DISPUTES = Dispute.__table__
 FEATURES = CustomerFeatures.__table__
 HISTORY = SegmentChange.__table__
 INVOICES = Invoice.__table__
+BALANCES = InvoiceBalance.__table__
 PAYMENTS = Payment.__table__
 
 
@@ -74,28 +77,116 @@ class AssessReport:
 
 
 def assess(conn: Connection, policy: Policy, as_of: date) -> AssessReport:
-    """Refresh balances and features for `as_of`, then segment every customer."""
+    """Refresh balances and features for `as_of`, then segment every customer.
+
+    The daily run does the same in two steps with the risk step between them
+    (flows/pipeline.py), so that segment rules can read the day's `risk`; here, as in any
+    call without it, `risk` is empty and a rule comparing it matches no one.
+    """
+    measure_behaviour(conn, policy, as_of)
+    return segment_customers(conn, policy, as_of)
+
+
+def measure_behaviour(conn: Connection, policy: Policy, as_of: date) -> int:
+    """What is owed on each invoice and every customer's behaviour features, as of `as_of`;
+    returns how many invoices still owe money."""
     owing = refresh_balances(conn, as_of)
     compute_features(conn, policy, as_of)
+    return owing
+
+
+def segment_customers(conn: Connection, policy: Policy, as_of: date) -> AssessReport:
+    """Segment every customer from today's features (risk included once scored)."""
     moved = assign_segments(conn, policy, as_of)
+    owing = conn.execute(select(func.count()).select_from(BALANCES)).scalar_one()
     return AssessReport(owing_invoices=owing, segments=segment_counts(conn), moved=moved)
+
+
+def reads_risk(policy: Policy) -> bool:
+    """Whether a segment rule compares `risk` (then segmenting needs the day's scores)."""
+    return any("risk" in _features_in(segment.when) for segment in policy.segments)
+
+
+FEATURE_COLUMNS = (
+    "invoices_issued",
+    "invoices_paid",
+    "on_time_ratio",
+    "avg_days_late",
+    "open_balance",
+    "overdue_balance",
+    "open_invoices",
+    "oldest_overdue_days",
+    "failed_payments_30d",
+    "disputes",
+    "tenure_days",
+    "p90_days_late",
+    "failed_technical_30d",
+    "failed_customer_30d",
+    "broken_promises",
+    "failed_order_30d",
+    "very_late_ratio",
+)
+"""The behaviour features `feature_select` computes, in its column order (after customer_id
+and as_of); `risk` is set later, by the risk step."""
+
+
+@dataclass(frozen=True)
+class Cuts:
+    """Whose behaviour, as of when: every customer on one date (`on`, the daily run), or the
+    rows (customer_id, cut) of `rows`, each customer as of its own date, all in one statement
+    (the risk model's training invoices, each described as of its issue date)."""
+
+    on: date | None = None
+    rows: FromClause | None = None
+
+    def key(self, source: FromClause) -> list[ColumnElement[Any]]:
+        """What one row of features is per: the customer, and its cut when there are many."""
+        return [source.c.customer_id] if self.on is not None else [source.c.customer_id,
+                                                                    source.c.cut]  # fmt: skip
+
+    def joined(self, left: FromClause, right: FromClause) -> ColumnElement[bool]:
+        return and_(*(a == b for a, b in zip(self.key(left), self.key(right), strict=True)))
+
+    def recent(self, column: Any, at: Any, days: int) -> ColumnElement[bool]:
+        """`column` (a date) is after `at` less `days`: in the trailing window. On one date
+        it is a plain range (an index on the column serves it)."""
+        if self.on is not None:
+            return column > self.on - timedelta(days=days)
+        return days_between(at, column) < days
 
 
 def compute_features(conn: Connection, policy: Policy, as_of: date) -> None:
     """Rebuild `customer_features` for every customer, as of `as_of`."""
-    window_start = as_of - timedelta(days=policy.features.window_days)
-    p = ranked_positions(as_of, window_start)
+    conn.execute(delete(FEATURES))
+    conn.execute(
+        insert(FEATURES).from_select(
+            ["customer_id", "as_of", *FEATURE_COLUMNS], feature_select(policy, Cuts(on=as_of))
+        )
+    )
+    refresh_statistics(conn, FEATURES.name)
+
+
+def feature_select(policy: Policy, cuts: Cuts) -> Select[Any]:
+    """customer_id, as_of, then FEATURE_COLUMNS: every customer as of `cuts.on`, or each row
+    of `cuts.rows` as of its cut. The one definition of the features, whoever asks."""
+    if cuts.on is not None:
+        positions, at = invoice_positions(cuts.on), literal(cuts.on, FEATURES.c.as_of.type)
+    else:
+        positions = invoice_positions_at(cuts.rows)
+        at = positions.c.cut
+    p = ranked_positions(positions, cuts, at, policy.features.window_days)
+    at = at if cuts.on is not None else p.c.cut
     live = p.c.status != "void"
-    in_window = and_(live, p.c.issued_on > window_start)
+    in_window = and_(live, cuts.recent(p.c.issued_on, at, policy.features.window_days))
     paid = and_(in_window, p.c.status != "disputed", p.c.owed <= ZERO)
     timed = p.c.timed == 1
     owing = and_(p.c.owed > ZERO, p.c.status.in_(("open", "disputed")))
-    overdue = and_(owing, p.c.due_on < as_of)
-    disputed = or_(p.c.status == "disputed", p.c.invoice_id.in_(_open_disputes(as_of)))
+    overdue = and_(owing, p.c.due_on < at)
+    disputed = or_(p.c.status == "disputed", p.c.invoice_id.in_(_open_disputes(at)))
     p90_rank = (9 * p.c.timed_count + 9) // 10  # ceil(0.9 n) in integers: the nearest rank
     per_customer = (
         select(
-            p.c.customer_id,
+            *cuts.key(p),
             func.count().filter(in_window).label("invoices_issued"),
             func.count().filter(paid).label("invoices_paid"),
             cast(func.avg(case((timed, case((p.c.days_late <= 0, 1), else_=0)))), Float).label(
@@ -103,26 +194,29 @@ def compute_features(conn: Connection, policy: Policy, as_of: date) -> None:
             ),
             cast(func.avg(case((timed, p.c.days_late))), Float).label("avg_days_late"),
             cast(
+                func.avg(case((timed, case((p.c.days_late > policy.risk.late_days, 1), else_=0)))),
+                Float,
+            ).label("very_late_ratio"),
+            cast(
                 func.max(case((and_(timed, p.c.late_rank == p90_rank), p.c.days_late))), Float
             ).label("p90_days_late"),
             func.coalesce(func.sum(p.c.owed).filter(owing), ZERO).label("open_balance"),
             func.coalesce(func.sum(p.c.owed).filter(overdue), ZERO).label("overdue_balance"),
             func.count().filter(owing).label("open_invoices"),
-            func.coalesce(func.max(days_between(as_of, p.c.due_on)).filter(overdue), 0).label(
+            func.coalesce(func.max(days_between(at, p.c.due_on)).filter(overdue), 0).label(
                 "oldest_overdue_days"
             ),
             func.count().filter(and_(owing, disputed)).label("disputes"),
-            func.coalesce(func.max(days_between(as_of, p.c.issued_on)), 0).label("tenure_days"),
+            func.coalesce(func.max(days_between(at, p.c.issued_on)), 0).label("tenure_days"),
         )
         .where(live)
-        .group_by(p.c.customer_id)
+        .group_by(*cuts.key(p))
         .subquery("per_customer")
     )
-    failed = _failed_payments(policy, as_of)
-    promises = _broken_promises(window_start, as_of)
-    source = select(
-        CUSTOMERS.c.customer_id,
-        literal(as_of, FEATURES.c.as_of.type),
+    failed = _failed_payments(policy, cuts)
+    promises = _broken_promises(policy, cuts)
+    base = CUSTOMERS if cuts.on is not None else cuts.rows
+    values = [
         func.coalesce(per_customer.c.invoices_issued, 0),
         func.coalesce(per_customer.c.invoices_paid, 0),
         per_customer.c.on_time_ratio,
@@ -139,52 +233,35 @@ def compute_features(conn: Connection, policy: Policy, as_of: date) -> None:
         func.coalesce(failed.c.customer, 0),
         func.coalesce(promises.c.broken, 0),
         func.coalesce(failed.c.order, 0),
-    ).select_from(
-        CUSTOMERS.outerjoin(per_customer, per_customer.c.customer_id == CUSTOMERS.c.customer_id)
-        .outerjoin(failed, failed.c.customer_id == CUSTOMERS.c.customer_id)
-        .outerjoin(promises, promises.c.customer_id == CUSTOMERS.c.customer_id)
-    )
-    columns = [
-        "customer_id",
-        "as_of",
-        "invoices_issued",
-        "invoices_paid",
-        "on_time_ratio",
-        "avg_days_late",
-        "open_balance",
-        "overdue_balance",
-        "open_invoices",
-        "oldest_overdue_days",
-        "failed_payments_30d",
-        "disputes",
-        "tenure_days",
-        "p90_days_late",
-        "failed_technical_30d",
-        "failed_customer_30d",
-        "broken_promises",
-        "failed_order_30d",
+        per_customer.c.very_late_ratio,
     ]
-    conn.execute(delete(FEATURES))
-    conn.execute(insert(FEATURES).from_select(columns, source))
-    refresh_statistics(conn, FEATURES.name)
+    return select(
+        base.c.customer_id,
+        (at if cuts.on is not None else base.c.cut).label("as_of"),
+        *(value.label(name) for value, name in zip(values, FEATURE_COLUMNS, strict=True)),
+    ).select_from(
+        base.outerjoin(per_customer, cuts.joined(per_customer, base))
+        .outerjoin(failed, cuts.joined(failed, base))
+        .outerjoin(promises, cuts.joined(promises, base))
+    )
 
 
-def ranked_positions(as_of: date, window_start: date) -> Subquery:
+def ranked_positions(positions: Subquery, cuts: Cuts, at: Any, window_days: int) -> Subquery:
     """Invoice positions with days late at payment (0 when on time) and, among a customer's
     invoices paid in the window with a known payment date ("timed"), each one's rank by days
     late and their count: the window functions a portable percentile needs (SQLite has no
     percentile_cont)."""
-    p = invoice_positions(as_of)
+    p = positions
     timed = and_(
         p.c.status.not_in(("void", "disputed")),
-        p.c.issued_on > window_start,
+        cuts.recent(p.c.issued_on, at, window_days),
         p.c.owed <= ZERO,
         p.c.last_paid_on.is_not(None),
     )
     late = days_between(p.c.last_paid_on, p.c.due_on)
     days_late = case((late > 0, late), else_=0)
     timed_flag = case((timed, 1), else_=0)
-    partition = (p.c.customer_id, timed_flag)
+    partition = (*cuts.key(p), timed_flag)
     return select(
         *p.c,
         timed_flag.label("timed"),
@@ -194,44 +271,60 @@ def ranked_positions(as_of: date, window_start: date) -> Subquery:
     ).subquery("ranked_positions")
 
 
-def _failed_payments(policy: Policy, as_of: date) -> Subquery:
+def _failed_payments(policy: Policy, cuts: Cuts) -> Subquery:
     """Per customer, failed attempts in the last `failed_payment_days`, in total and by class."""
-    since = as_of - timedelta(days=policy.features.failed_payment_days)
     failure_class = failure_class_sql(policy.diagnosis, PAYMENTS.c.failure_code)
+    source = PAYMENTS.join(INVOICES, INVOICES.c.invoice_id == PAYMENTS.c.invoice_id)
+    at: Any = cuts.on
+    if cuts.rows is not None:
+        source = source.join(cuts.rows, cuts.rows.c.customer_id == INVOICES.c.customer_id)
+        at = cuts.rows.c.cut
+    keys = cuts.key(INVOICES) if cuts.on is not None else cuts.key(cuts.rows)
     return (
         select(
-            INVOICES.c.customer_id,
+            *keys,
             func.count().label("failed"),
             func.count().filter(failure_class == "technical").label("technical"),
             func.count().filter(failure_class == "customer").label("customer"),
             func.count().filter(failure_class == "order").label("order"),
         )
-        .select_from(PAYMENTS.join(INVOICES, INVOICES.c.invoice_id == PAYMENTS.c.invoice_id))
+        .select_from(source)
         .where(
             PAYMENTS.c.status == "failed",
-            PAYMENTS.c.attempted_on > since,
-            PAYMENTS.c.attempted_on <= as_of,
+            cuts.recent(PAYMENTS.c.attempted_on, at, policy.features.failed_payment_days),
+            PAYMENTS.c.attempted_on <= at,
         )
-        .group_by(INVOICES.c.customer_id)
+        .group_by(*keys)
         .subquery("failed_payments")
     )
 
 
-def _open_disputes(as_of: date) -> Any:
-    """Invoices an operator (or diagnosis) put in a dispute open on `as_of`."""
+def _open_disputes(at: Any) -> Any:
+    """Invoices an operator (or diagnosis) put in a dispute open on `at` (a date, or the
+    cut of the row it is correlated with)."""
     return select(DISPUTES.c.invoice_id).where(
-        DISPUTES.c.opened_on <= as_of,
-        or_(DISPUTES.c.resolved_on.is_(None), DISPUTES.c.resolved_on > as_of),
+        DISPUTES.c.opened_on <= at,
+        or_(DISPUTES.c.resolved_on.is_(None), DISPUTES.c.resolved_on > at),
     )
 
 
-def _broken_promises(window_start: date, as_of: date) -> Subquery:
+def _broken_promises(policy: Policy, cuts: Cuts) -> Subquery:
     """Per customer, `promise_broken` events on their cases in the trailing window."""
+    source = EVENTS.join(CASES, CASES.c.id == EVENTS.c.case_id)
+    at: Any = cuts.on
+    if cuts.rows is not None:
+        source = source.join(cuts.rows, cuts.rows.c.customer_id == CASES.c.customer_id)
+        at = cuts.rows.c.cut
+    keys = cuts.key(CASES) if cuts.on is not None else cuts.key(cuts.rows)
     return (
-        select(CASES.c.customer_id, func.count().label("broken"))
-        .select_from(EVENTS.join(CASES, CASES.c.id == EVENTS.c.case_id))
-        .where(EVENTS.c.kind == "promise_broken", EVENTS.c.on > window_start, EVENTS.c.on <= as_of)
-        .group_by(CASES.c.customer_id)
+        select(*keys, func.count().label("broken"))
+        .select_from(source)
+        .where(
+            EVENTS.c.kind == "promise_broken",
+            cuts.recent(EVENTS.c.on, at, policy.features.window_days),
+            EVENTS.c.on <= at,
+        )
+        .group_by(*keys)
         .subquery("broken_promises")
     )
 
