@@ -87,6 +87,9 @@ def test_demo_seeds_runs_and_a_second_demo_sends_nothing(
     assert sum(answers.values()) > 0 and set(answers) <= {
         "already_paid", "payment_failed", "order_problem", "need_time", "unsubscribe"
     }  # fmt: skip
+    inbox = json.loads(first.stdout)["inbox"]  # a reply, an auto-reply and a bounce come back
+    assert inbox["kinds"] == {"bounce": 1, "auto_reply": 1, "reply": 1, "unreadable": 0}
+    assert inbox["bounces"]["hard"] == 1 and inbox["intents"]["already_paid"] == 1
 
     second = json.loads(
         runner.invoke(app, ["demo", "--customers", "60", "--days", "35", "--json"]).stdout
@@ -94,5 +97,6 @@ def test_demo_seeds_runs_and_a_second_demo_sends_nothing(
     assert second["totals"]["sent"] == 0
     assert second["totals"]["nothing_new"] is True
     assert second["answers"] == {}  # the same answers again are not recorded twice
+    assert second["inbox"]["read"] == 0
     with engine.connect() as conn:
         assert unlogged_moves(conn) == [], "every status change is in message_events"

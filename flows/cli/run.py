@@ -108,7 +108,7 @@ def demo(
     point at the local page (http://127.0.0.1:8080).
     """
     from collectflow.flows.daily import collections_range
-    from collectflow.flows.feedback.demo import simulate_answers
+    from collectflow.flows.feedback.demo import simulate_answers, simulate_inbox
     from collectflow.flows.ledger.csv_import import import_ledger
     from collectflow.flows.ledger.demo import write_demo_ledger
     from collectflow.flows.pipeline import business_today
@@ -121,7 +121,11 @@ def demo(
         imported = import_ledger(engine_for(settings), Path(folder), settings)
     err.print(f"demo ledger imported into {safe_url(settings.database_url)}: {imported.files}")
     summaries = collections_range(today - timedelta(days=days), today)
-    answers = simulate_answers(engine_for(settings), load_policy(settings.policy), today)
+    policy = load_policy(settings.policy)
+    answers = simulate_answers(engine_for(settings), policy, today)
+    inbox = simulate_inbox(
+        engine_for(settings), policy, today, settings.outbox.resolve().parent / "demo-inbox"
+    )
     if as_json:
         emit_json(
             {
@@ -129,6 +133,7 @@ def demo(
                 "days": summaries,
                 "totals": totals(summaries),
                 "answers": answers,
+                "inbox": inbox,
             }
         )
         return
@@ -136,6 +141,9 @@ def demo(
     if answers:
         said = ", ".join(f"{count} {intent}" for intent, count in sorted(answers.items()))
         out.print(f"Simulated customer answers on the answer page: {said}")
+    kinds = ", ".join(f"{count} {kind}" for kind, count in inbox["kinds"].items() if count)
+    if kinds:
+        out.print(f"Simulated mail back in the demo inbox, read like `collectflow inbox`: {kinds}")
 
 
 def demo_settings(settings: Settings) -> Settings:

@@ -10,7 +10,12 @@ or report a problem with the order, and one customer asks to stop.
 from __future__ import annotations
 
 import hashlib
-from datetime import date, timedelta
+import mailbox
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, exists, select
@@ -102,3 +107,119 @@ DEMO_TEXTS = {
     "returned_or_cancelled": "We cancelled this order within the return period.",
     "charged_twice": "This was already charged to our card once.",
 }
+
+
+def simulate_inbox(engine: Engine, policy: Policy, today: date, folder: Path) -> dict[str, Any]:
+    """Mail comes back to the demo: a customer's reply saying they paid, an out-of-office
+    auto-reply and a delivery failure (RFC 3464), each to a reminder sent in the last days,
+    left in the Maildir `folder` and read as `collectflow inbox` reads one. Written once: a
+    rerun reads the same Maildir, which files nothing new."""
+    from collectflow.flows.feedback.inbox import read_inbox
+    from collectflow.flows.feedback.maildir_inbox import MaildirInbox
+
+    if not folder.exists():
+        with engine.connect() as conn:
+            sent = conn.execute(
+                select(MESSAGES.c.to_address, MESSAGES.c.message_id_header, MESSAGES.c.locale)
+                .where(
+                    MESSAGES.c.status == "sent",
+                    MESSAGES.c.kind == "reminder",
+                    MESSAGES.c.message_id_header.is_not(None),
+                    MESSAGES.c.sent_on >= today - timedelta(days=RECENT_DAYS),
+                )
+                .order_by(MESSAGES.c.id.desc())
+                .limit(3)
+            ).all()
+        box = mailbox.Maildir(folder, create=True)
+        for raw in _returned_mail(sent):
+            box.add(raw)
+        box.close()
+    return read_inbox(engine, policy, [MaildirInbox(folder)], today).to_dict()
+
+
+def _returned_mail(sent: Sequence[Any]) -> list[bytes]:
+    makers = (_paid_reply, _out_of_office, _bounce)
+    return [_bytes(make(row)) for row, make in zip(sent, makers, strict=False)]
+
+
+def _bytes(mail: EmailMessage | bytes) -> bytes:
+    return mail if isinstance(mail, bytes) else mail.as_bytes()
+
+
+def _answer_to(row: Any, subject: str) -> EmailMessage:
+    mail = EmailMessage()
+    mail["From"] = row.to_address
+    mail["To"] = "Accounts Receivable <billing@example.com>"
+    mail["Subject"] = subject
+    mail["Date"] = format_datetime(datetime.now(UTC))
+    mail["Message-ID"] = f"<demo-{_digest(row)}@customer.example>"
+    mail["In-Reply-To"] = row.message_id_header
+    mail["References"] = row.message_id_header
+    return mail
+
+
+def _paid_reply(row: Any) -> EmailMessage:
+    mail = _answer_to(row, "Re: Payment reminder")
+    mail.set_content(
+        "Hello,\n\nWe have already paid this invoice by bank transfer yesterday, "
+        "reference TRF-20931.\n\nBest regards\n"
+    )
+    return mail
+
+
+def _out_of_office(row: Any) -> EmailMessage:
+    mail = _answer_to(row, "Automatic reply: Payment reminder")
+    mail["Auto-Submitted"] = "auto-replied"
+    mail.set_content("I am out of the office until Monday and will reply when I am back.\n")
+    return mail
+
+
+def _bounce(row: Any) -> bytes:
+    """A delivery status notification as an MTA writes one (RFC 3464): the address is gone."""
+    return BOUNCE.format(
+        date=format_datetime(datetime.now(UTC)),
+        digest=_digest(row),
+        recipient=row.to_address,
+        message_id=row.message_id_header,
+    ).encode()
+
+
+BOUNCE = """From: Mail Delivery System <MAILER-DAEMON@mx.example.com>
+To: billing@example.com
+Subject: Undelivered Mail Returned to Sender
+Date: {date}
+Message-ID: <dsn-{digest}@mx.example.com>
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="dsn-{digest}"
+
+--dsn-{digest}
+Content-Type: text/plain; charset=us-ascii
+
+Your message could not be delivered to one or more recipients.
+
+<{recipient}>: host mx.example.com said: 550 5.1.1 user unknown
+
+--dsn-{digest}
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.com
+
+Final-Recipient: rfc822; {recipient}
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 user unknown
+
+--dsn-{digest}
+Content-Type: text/rfc822-headers
+
+Message-ID: {message_id}
+To: {recipient}
+Subject: Payment reminder
+
+--dsn-{digest}--
+"""
+
+
+def _digest(row: Any) -> str:
+    return hashlib.sha256(row.message_id_header.encode()).hexdigest()[:16]
