@@ -223,7 +223,7 @@ CORRUPTIONS = [
     Corruption("customers", "name", lambda row: ""),
     Corruption("invoices", "amount", lambda row: "-5"),
     Corruption("invoices", "amount", lambda row: "\u0661\u0662"),
-    Corruption("invoices", "amount", lambda row: f"{row['amount']}0001"),
+    Corruption("invoices", "amount", lambda row: finer_than_its_currency(row["amount"])),
     Corruption("invoices", "currency", lambda row: "EURO"),
     Corruption("invoices", "issued_on", lambda row: "2026-02-30"),
     Corruption("invoices", "due_on", lambda row: row["issued_on"] - timedelta(days=1)),
