@@ -24,7 +24,6 @@ from collectflow.flows.feedback.answers import (
     Answer,
     AnswerRefused,
     apply_answer,
-    parse_amount,
 )
 from collectflow.flows.feedback.claims import add_business_days
 from collectflow.flows.pipeline import business_today, open_run, run_day
@@ -99,17 +98,6 @@ def test_business_days_skip_weekends_and_the_countrys_holidays() -> None:
     # 25 and 26 December are German public holidays (the 26th a Saturday), 24th is not
     assert add_business_days(date(2026, 12, 22), 5, "DE") == date(2026, 12, 30)
     assert add_business_days(friday, 0, None) == friday
-
-
-def test_amounts_typed_by_customers_are_read_in_either_convention() -> None:
-    assert parse_amount("1 234,50") == Decimal("1234.50")
-    assert parse_amount("1,234.50") == Decimal("1234.50")
-    assert parse_amount("1.234,50") == Decimal("1234.50")
-    assert parse_amount("  ") is None
-    for bad in ("abc", "-5", "0", "1.234", "NaN", "Infinity"):
-        with pytest.raises(AnswerRefused) as refused:
-            parse_amount(bad)
-        assert refused.value.field == "amount"
 
 
 def test_already_paid_holds_the_invoice_then_queues_it_with_the_reference(

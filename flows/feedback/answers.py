@@ -22,7 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, literal, select
@@ -34,13 +34,14 @@ from collectflow.flows.cases.events import record_events
 from collectflow.flows.cases.promises import record_promise
 from collectflow.flows.errors import ActionRefused, CollectflowError
 from collectflow.flows.feedback.claims import hold_claimed
-from collectflow.flows.ledger.balances import invoice_positions
+from collectflow.flows.ledger.balances import invoice_positions, these_invoices
 from collectflow.flows.mail.contact import OPTED_OUT, block
 from collectflow.flows.policy.document import Policy
-from collectflow.models import Case, CustomerAnswer, Message, MessageItem
+from collectflow.models import Case, CustomerAnswer, Invoice, Message, MessageItem
 
 ANSWERS = CustomerAnswer.__table__
 CASES = Case.__table__
+INVOICES = Invoice.__table__
 MESSAGES = Message.__table__
 ITEMS = MessageItem.__table__
 
@@ -180,24 +181,6 @@ def recent_answers(conn: Connection, message_id: int, since: datetime) -> int:
     ).scalar_one()
 
 
-def parse_amount(raw: str, field_name: str = "amount") -> Decimal | None:
-    """An amount typed by a customer (`1234.50`, `1 234,50`), or None when left empty."""
-    text = raw.strip().replace("\u00a0", "").replace(" ", "").replace("\u202f", "")
-    if not text:
-        return None
-    if "," in text and "." in text:  # 1.234,50 or 1,234.50: the last mark is the decimal one
-        thousands = "." if text.rindex(",") > text.rindex(".") else ","
-        text = text.replace(thousands, "")
-    text = text.replace(",", ".")
-    try:
-        amount = Decimal(text)
-    except InvalidOperation:
-        raise AnswerRefused(field_name, "not an amount") from None
-    if not amount.is_finite() or amount <= 0 or amount.as_tuple().exponent < -2:  # type: ignore[operator]
-        raise AnswerRefused(field_name, "give a positive amount with at most two decimals")
-    return amount
-
-
 def _check_shape(answer: Answer, policy: Policy, today: date) -> None:
     """Refuse what no database state could make valid: unknown intent, bad reason or date."""
     if answer.intent not in INTENTS:
@@ -265,16 +248,14 @@ def _invoices(
 ) -> tuple[str, ...]:
     """The invoices the answer is about, each checked to be the customer's (and the
     message's, when it names one); none chosen means every one of them still owed."""
-    positions = invoice_positions(today)
+    if message is None:
+        chosen = select(INVOICES.c.invoice_id).where(INVOICES.c.customer_id == answer.customer_id)
+    else:
+        chosen = select(ITEMS.c.invoice_id).where(ITEMS.c.message_id == message["id"])
+    positions = invoice_positions(today, chosen)
     query = select(positions.c.invoice_id, positions.c.owed).where(
         positions.c.customer_id == answer.customer_id
     )
-    if message is not None:
-        query = query.where(
-            positions.c.invoice_id.in_(
-                select(ITEMS.c.invoice_id).where(ITEMS.c.message_id == message["id"])
-            )
-        )
     owned = {row.invoice_id: row.owed for row in conn.execute(query)}
     if answer.invoices:
         strangers = sorted(set(answer.invoices) - set(owned))
@@ -341,10 +322,10 @@ def _promise(
     invoices: tuple[str, ...],
     today: date,
 ) -> list[str]:
-    positions = invoice_positions(today)
+    positions = invoice_positions(today, these_invoices(invoices))
     owed = conn.execute(
         select(positions.c.currency, func.sum(positions.c.owed))
-        .where(positions.c.invoice_id.in_(invoices), positions.c.owed > 0)
+        .where(positions.c.owed > 0)
         .group_by(positions.c.currency)
     ).all()
     if len(owed) != 1:

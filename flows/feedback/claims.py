@@ -24,7 +24,7 @@ from sqlalchemy.sql.expression import ColumnElement
 from collectflow.flows.cases.disputes import withdraw_invoice
 from collectflow.flows.cases.events import record_events
 from collectflow.flows.cases.queue import QUEUE, queue_cases, reopen_item
-from collectflow.flows.ledger.balances import invoice_positions
+from collectflow.flows.ledger.balances import invoice_positions, these_invoices
 from collectflow.flows.ledger.calendar import public_holidays
 from collectflow.flows.policy.document import Policy
 from collectflow.models import Case, ClaimedPayment, Customer
@@ -63,11 +63,10 @@ def hold_claimed(
     hold_until = add_business_days(
         today, policy.feedback.claimed_paid_hold_days, country or policy.contact.holidays_country
     )
-    positions = invoice_positions(today)
+    positions = invoice_positions(today, these_invoices(invoices))
     already = select(CLAIMS.c.invoice_id).where(CLAIMS.c.status == "open")
     owed = conn.execute(
         select(positions.c.invoice_id, positions.c.owed).where(
-            positions.c.invoice_id.in_(invoices),
             positions.c.owed > 0,
             positions.c.invoice_id.not_in(already),
         )
@@ -102,7 +101,9 @@ def review_claims(conn: Connection, as_of: date) -> dict[str, int]:
     queued for a person with the customer's reference)."""
     if conn.execute(select(CLAIMS.c.id).where(CLAIMS.c.status == "open").limit(1)).first() is None:
         return {"claims_found": 0, "claims_not_found": 0}
-    positions = invoice_positions(as_of)
+    positions = invoice_positions(
+        as_of, select(CLAIMS.c.invoice_id).where(CLAIMS.c.status == "open")
+    )
     owed_now = (
         select(positions.c.owed)
         .where(positions.c.invoice_id == CLAIMS.c.invoice_id)

@@ -10,6 +10,7 @@ while its payment is awaited (`held_by_claim`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -96,6 +97,12 @@ def invoice_positions(as_of: date, invoices: Select[Any] | None = None) -> Subqu
         .where(INVOICES.c.issued_on <= as_of, *chosen)
         .subquery("positions")
     )
+
+
+def these_invoices(invoice_ids: Sequence[str]) -> Select[Any]:
+    """The ids as a SELECT, for `invoice_positions` to compute those invoices only (an
+    answer is about a handful; the whole ledger's payments need not be summed for them)."""
+    return select(INVOICES.c.invoice_id).where(INVOICES.c.invoice_id.in_(invoice_ids))
 
 
 def invoice_positions_at(cuts: FromClause) -> Subquery:
