@@ -118,14 +118,13 @@ def demo(
     today = business_today(settings)
     with tempfile.TemporaryDirectory(prefix="collectflow-demo-") as folder:
         write_demo_ledger(Path(folder), today, customers=customers)
-        imported = import_ledger(engine_for(settings), Path(folder), settings)
+        engine = engine_for(settings)
+        imported = import_ledger(engine, Path(folder), settings)
     err.print(f"demo ledger imported into {safe_url(settings.database_url)}: {imported.files}")
     summaries = collections_range(today - timedelta(days=days), today)
     policy = load_policy(settings.policy)
-    answers = simulate_answers(engine_for(settings), policy, today)
-    inbox = simulate_inbox(
-        engine_for(settings), policy, today, settings.outbox.resolve().parent / "demo-inbox"
-    )
+    answers = simulate_answers(engine, policy, today)
+    inbox = simulate_inbox(engine, policy, today, settings.outbox.resolve().parent / "demo-inbox")
     if as_json:
         emit_json(
             {
